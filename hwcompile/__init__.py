@@ -1,0 +1,25 @@
+"""hwcompile: a hardware-aware deployment compiler for neural networks.
+
+ONNX in; clean-up, BN folding, quantization and pruning passes driven by a per-layer
+PrecisionPlan; lowering through a backend (onnxruntime, TVM, TensorRT) for a target device;
+latency measured on that device fed back into the plan.
+"""
+__version__ = "0.1.0"
+
+from .errors import HwcompileError  # noqa: E402
+from .plan import LayerChoice, PrecisionPlan, QuantSettings  # noqa: E402
+
+__all__ = ["__version__", "HwcompileError", "PrecisionPlan", "LayerChoice", "QuantSettings", "compile_model",
+           "CompileOptions", "load"]
+
+
+def __getattr__(name):  # keep `import hwcompile` light: the pipeline pulls in onnxruntime
+    if name in ("compile_model", "CompileOptions"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name == "load":
+        from .ir import load
+
+        return load
+    raise AttributeError(name)

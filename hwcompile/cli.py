@@ -1,0 +1,198 @@
+"""Command line: parse, call the pipeline, print. Errors are one line and exit code 2."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import HwcompileError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="hwcompile: hardware-aware deployment compiler for ONNX models.")
+console = Console()
+err = Console(stderr=True)
+_STATE = {"verbose": False}
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors.")):
+    _STATE["verbose"] = verbose
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool = True):
+    """A spinner with the current step and elapsed time (on stderr, so --json stays clean)."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not enabled) as prog:
+        task = prog.add_task("starting", total=None)
+        yield lambda step: prog.update(task, description=step)
+
+
+def _print_json(data) -> None:
+    from .report.writer import _json_default
+
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+@app.command()
+def compile(
+    model: Optional[Path] = typer.Argument(None, help="ONNX model; omit for the embedded default (digits CNN)."),
+    target: str = typer.Option("host-cpu", "--target", "-t", help="Target name or .toml path."),
+    out: Path = typer.Option(Path("hwcompile-out"), "--out", "-o", help="Output folder."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 | int8dyn | int4w | mixed"),
+    sparsity: str = typer.Option("dense", help="dense | 2:4 | N:M | unstructured=R | channels=R"),
+    prune_schedule: str = typer.Option("one-shot", help="one-shot | gradual | iterative"),
+    calib: Optional[Path] = typer.Option(None, help=".npz: one array per model input (axis 0 = samples)."),
+    calib_method: str = typer.Option("minmax", help="minmax | percentile | entropy | mse"),
+    compensation: str = typer.Option("bias", help="none | bias | gptq (weight rounding error compensation)"),
+    per_tensor: bool = typer.Option(False, help="Per-tensor instead of per-channel weight scales."),
+    eval: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs (+ labels) for accuracy."),
+    labels: Optional[str] = typer.Option(None, help="Name of the label array in --eval."),
+    metric: Optional[str] = typer.Option(None, help="top1 | top5 | snr"),
+    plan: Optional[Path] = typer.Option(None, help="Use this plan.json instead of planning."),
+    latency_budget: Optional[float] = typer.Option(None, help="Mixed: latency budget in ms."),
+    size_budget: Optional[float] = typer.Option(None, help="Mixed: size budget in MB."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="Mixed: largest allowed metric drop."),
+    repeats: int = typer.Option(50, help="Timed runs per latency measurement."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
+):
+    """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
+    from .pipeline import CompileOptions, compile_model
+    from .plan import QuantSettings
+    from .report.writer import summary_rows
+
+    def run():
+        opts = CompileOptions(
+            precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
+            quant=QuantSettings(calib_method=calib_method, compensation=compensation, per_channel=not per_tensor),
+            calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
+            size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats)
+        with _progress(not as_json) as step:
+            return compile_model(model, target, out, opts, progress=step)
+
+    result = _guard(run)
+    rep = result.report
+    if as_json:
+        _print_json(rep)
+        return
+    table = Table(title=f"{Path(rep['model']['path']).name} -> {rep['target']['name']} ({rep['backend']}), "
+                        f"precision {rep['precision']}")
+    table.add_column("")
+    table.add_column("baseline fp32", justify="right")
+    table.add_column("compiled", justify="right")
+    for row in summary_rows(rep):
+        table.add_row(*row)
+    console.print(table)
+    for note in rep.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"wrote {result.out_dir}/ ({', '.join(sorted(rep['artifact']['files'].values()))}, plan.json, "
+                  f"report.json, report.html)")
+
+
+@app.command()
+def inspect(model: Path, as_json: bool = typer.Option(False, "--json")):
+    """Op histogram, parameters, FLOPs, BN count, input/output shapes."""
+    from .analysis.stats import model_summary
+    from .ir import load
+
+    summary = _guard(lambda: model_summary(load(model)))
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(f"[bold]{model}[/]  opset {summary['opset']}, {summary['nodes']} nodes, "
+                  f"{summary['params']:,} parameters, {summary['flops']:,} FLOPs, {summary['batchnorm']} BatchNorm")
+    for kind in ("inputs", "outputs"):
+        for v in summary[kind]:
+            console.print(f"  {kind[:-1]} {v['name']}: {v['dtype']} {v['shape']}")
+    t = Table("op", "count")
+    for op, n in summary["ops"].items():
+        t.add_row(op, str(n))
+    console.print(t)
+
+
+@app.command()
+def profile(
+    model_or_dir: Path = typer.Argument(..., help="An ONNX model, or a folder written by `compile`."),
+    target: str = typer.Option("host-cpu", "--target", "-t"),
+    repeats: int = typer.Option(50),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """End-to-end and per-layer latency on the target, per layer id."""
+    from .profiling import profile_path
+
+    def run():
+        with _progress(not as_json) as step:
+            return profile_path(model_or_dir, target, repeats=repeats, progress=step)
+
+    res = _guard(run)
+    if as_json:
+        _print_json(res)
+        return
+    console.print(f"median {res['latency_ms']:.3f} ms (IQR {res['latency_ms_spread']:.3f} ms, "
+                  f"{res['repeats']} runs, {res['threads']} threads)")
+    t = Table("layer", "op", "ms", "%")
+    total = sum(v["ms"] for v in res["layers"]) or 1.0
+    for row in res["layers"]:
+        t.add_row(row["layer"], row["op"], f"{row['ms']:.4f}", f"{100 * row['ms'] / total:.1f}")
+    console.print(t)
+
+
+@app.command()
+def targets(as_json: bool = typer.Option(False, "--json")):
+    """List targets and whether each can build on this machine (and why not)."""
+    from .backends.base import get_backend
+    from .targets import list_targets
+
+    rows = []
+    for t in _guard(list_targets):
+        try:
+            ok, why = get_backend(t.backend).status(t)
+        except HwcompileError as e:
+            ok, why = False, e.render()
+        except ImportError as e:
+            ok, why = False, f"backend module not importable: {e}"
+        rows.append({"name": t.name, "backend": t.backend, "can_build": ok, "reason": why, "description": t.description})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("target", "backend", "builds here", "why not", "description")
+    for r in rows:
+        table.add_row(r["name"], r["backend"], "yes" if r["can_build"] else "no", r["reason"], r["description"])
+    console.print(table)
+
+
+def _guard(fn):
+    """Run ``fn``; a HwcompileError becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except HwcompileError as e:
+        if _STATE["verbose"]:
+            traceback.print_exc()
+        err.print(f"[red]error:[/] {e.render()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        raise typer.Exit(130)
+    except Exception as e:  # a bug: still one line unless --verbose
+        if _STATE["verbose"]:
+            traceback.print_exc()
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (run with --verbose for the traceback)",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Profile a model or a compiled output folder on a target, per layer id."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .backends.base import Artifact, get_backend
+from .errors import ConfigError
+from .ir import load
+from .plan import PrecisionPlan
+from .targets import load_target
+
+__all__ = ["profile_path"]
+
+
+def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: Callable[[str], None] = lambda s: None) -> dict:
+    from .pipeline import _profile_feeds
+
+    target = load_target(target_name)
+    backend = get_backend(target.backend)
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
+        if path.is_dir():
+            artifact = _artifact_from_dir(path, backend.name, target.name)
+            graph = load(artifact.path("model"))
+        else:
+            progress("import")
+            graph = load(path)
+            artifact = backend.lower(graph, PrecisionPlan.uniform("fp32"), target, Path(tmp))
+        progress(f"profile on {target.name}")
+        prof = backend.profile(artifact, target, _profile_feeds(graph, None), repeats=repeats, warmup=max(3, repeats // 5))
+    ops = {n.name: n.op_type for n in graph.main}
+    layers = [{"layer": k, "op": ops.get(k, "?"), "ms": v} for k, v in sorted(prof.layers_ms.items(), key=lambda kv: -kv[1])]
+    layers += [{"layer": f"(unmapped) {k}", "op": "?", "ms": v} for k, v in prof.unmapped_ms.items()]
+    return {"target": target.name, "backend": backend.name, **prof.timing.to_dict(), "layers": layers,
+            "kernels": prof.info.get("kernels", [])}
+
+
+def _artifact_from_dir(d: Path, backend: str, target: str) -> Artifact:
+    report = d / "report.json"
+    files = {"model": "model.onnx", "session": "session.json"}
+    if report.is_file():
+        files = json.loads(report.read_text()).get("artifact", {}).get("files", files)
+    if not (d / files.get("model", "model.onnx")).is_file():
+        raise ConfigError("folder has no model.onnx: not an hwcompile output", where=str(d))
+    return Artifact(directory=d, backend=backend, target=target, files=files)

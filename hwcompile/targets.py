@@ -1,0 +1,120 @@
+"""Targets: device profiles as data (``targets/*.toml``), one file per device.
+
+A target names its backend, the precisions and sparsity patterns it supports, and backend
+settings (onnxruntime session options, TVM target JSON and RPC key, TensorRT compute capability).
+Adding a device is adding a file. ``--target`` takes a name from the bundled folder (or from
+``$HWCOMPILE_TARGETS``) or a path to a ``.toml`` file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Target", "load_target", "list_targets", "targets_dirs"]
+
+_REQUIRED = ("name", "backend")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    description: str = ""
+    precisions: tuple[str, ...] = ("fp32",)
+    sparsity: tuple[str, ...] = ("dense",)
+    settings: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def supports_precision(self, precision: str) -> bool:
+        return precision in self.precisions or precision in ("mixed",)
+
+    def supports_sparsity(self, sparsity: str) -> bool:
+        kind = "2:4" if sparsity == "2:4" else sparsity.split("=")[0]
+        if ":" in sparsity and sparsity != "2:4":
+            kind = "N:M"
+        return sparsity == "dense" or kind in self.sparsity
+
+    def fingerprint(self, tool_versions: dict[str, str]) -> str:
+        """A content hash of the device, its settings and the tools: the key of latency caches."""
+        data = {
+            "target": self.name, "backend": self.backend, "settings": self.settings,
+            "tools": tool_versions, "machine": platform.machine(), "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def targets_dirs() -> list[Path]:
+    dirs = []
+    env = os.environ.get("HWCOMPILE_TARGETS")
+    if env:
+        dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    here = Path(__file__).resolve().parent
+    dirs.extend([here / "targets", here.parent / "targets"])
+    seen, out = set(), []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen and r.is_dir():
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+def list_targets() -> list[Target]:
+    found: dict[str, Target] = {}
+    for d in targets_dirs():
+        for f in sorted(d.glob("*.toml")):
+            t = _read(f)
+            found.setdefault(t.name, t)
+    return sorted(found.values(), key=lambda t: t.name)
+
+
+def load_target(name_or_path: str) -> Target:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError("target file not found", where=str(p))
+        return _read(p)
+    for t in list_targets():
+        if t.name == name_or_path:
+            return t
+    names = ", ".join(t.name for t in list_targets())
+    raise ConfigError(f"unknown target {name_or_path!r}", where="--target", hint=f"known targets: {names}")
+
+
+def _read(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", where=str(path)) from None
+    for key in _REQUIRED:
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ConfigError(f"missing or empty key '{key}'", where=f"{path}")
+    settings = data.get("backend_settings", {})
+    if not isinstance(settings, dict):
+        raise ConfigError("'backend_settings' must be a table", where=f"{path}")
+    known = {"name", "backend", "description", "precisions", "sparsity", "backend_settings"}
+    extra = set(data) - known
+    if extra:
+        raise ConfigError(f"unknown keys {sorted(extra)}", where=str(path), hint=f"allowed: {sorted(known)}")
+    return Target(name=data["name"], backend=data["backend"], description=data.get("description", ""),
+                  precisions=tuple(data.get("precisions", ["fp32"])), sparsity=tuple(data.get("sparsity", ["dense"])),
+                  settings=settings, path=str(path))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
