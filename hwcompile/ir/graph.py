@@ -117,14 +117,14 @@ class Graph:
     # -- editing verbs ------------------------------------------------------------------
     def add_initializer(self, base: str, array: np.ndarray) -> ir.Value:
         name = self.mint_name(base)
-        tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+        tensor = ir.tensor(np.array(array, order="C", copy=True), name=name)
         value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
         self.main.register_initializer(value)
         return value
 
     def replace_initializer(self, value: ir.Value, array: np.ndarray) -> None:
         """Give an initializer a new payload (and shape) in place, keeping its name and uses."""
-        tensor = ir.tensor(np.ascontiguousarray(array), name=value.name)
+        tensor = ir.tensor(np.array(array, order="C", copy=True), name=value.name)
         value.const_value = tensor
         value.shape = tensor.shape
         value.type = ir.TensorType(tensor.dtype)
