@@ -170,6 +170,31 @@ def targets(as_json: bool = typer.Option(False, "--json")):
     console.print(table)
 
 
+@app.command()
+def analyze(model: Path, as_json: bool = typer.Option(False, "--json"),
+            min_size: int = typer.Option(1024, help="Skip weight tensors with fewer elements.")):
+    """Quantize or prune? Per weight tensor: kurtosis, and quantization vs pruning SNR at 8/4/3/2 bits."""
+    from .analysis.quant_vs_prune import analyze_model_weights
+    from .ir import load
+
+    def run():
+        g = load(model)
+        return analyze_model_weights(((n, v.const_value.numpy()) for n, v in g.main.initializers.items()
+                                      if v.const_value is not None), min_size=min_size)
+
+    res = _guard(run)
+    if as_json:
+        _print_json(res)
+        return
+    t = Table("tensor", "shape", "kurtosis", *[f"{b} bits: quant/prune dB" for b in ("8", "4", "3", "2")])
+    for row in res["tensors"]:
+        cells = [f"{row['bits'][b]['quant_snr_db']:.1f}/{row['bits'][b]['prune_snr_db']:.1f} "
+                 f"{'Q' if row['bits'][b]['better'] == 'quantize' else 'P'}" for b in ("8", "4", "3", "2")]
+        k = row["kurtosis"]
+        t.add_row(row["name"], str(row["shape"]), "-" if k is None else f"{k:.1f}", *cells)
+    console.print(t)
+
+
 def _guard(fn):
     """Run ``fn``; a HwcompileError becomes one line on stderr and exit code 2."""
     try:

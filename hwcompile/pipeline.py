@@ -160,13 +160,14 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
 def compile_model(model_path: str | Path | None, target_name: str, out_dir: str | Path,
                   options: CompileOptions | None = None, progress: Progress = lambda s: None) -> CompileResult:
     """Compile ``model_path`` (None: the embedded default) for a target into ``out_dir``."""
-    from .models import default_model
     from .report.writer import write_outputs
 
     options = options or CompileOptions()
     options.validate()
     t_start = time.perf_counter()
     if model_path is None:
+        from .models import default_model
+
         d = default_model()
         model_path = d.model
         options = dataclasses.replace(options, calib=options.calib or d.calib,

@@ -38,6 +38,7 @@ class QDQStyle:
     weight_dtype: str = "int8"
     symmetric_activations: bool = False  # TensorRT: zero points must be 0
     quantize_residual_add: bool = True   # Q/DQ on both Add inputs so Conv+Add fuse
+    quantize_bias: bool = True           # INT32 bias DQ (onnxruntime's integer groups); TensorRT: float
     quantize_outputs_of: tuple[str, ...] = ("Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
                                             "Relu", "Clip", "Sigmoid", "Mul", "HardSigmoid", "Resize")
     allow_dynamic: bool = True           # DynamicQuantizeLinear / MatMulInteger (not on TensorRT)

@@ -1,0 +1,186 @@
+"""Static INT8 quantization: insert Q/DQ where the plan says. Preserves outputs up to the
+quantization error the plan accepts; layers the plan leaves in float stay bit-exact.
+
+Placement (what makes INT8 fast instead of slower than FP32):
+- every INT8 layer (Conv/ConvTranspose/Gemm/MatMul) reads ``DQ(Q(x))`` for its activation and
+  ``DQ(w_int8)`` for its weight (an initializer, symmetric, per output channel on the op's axis);
+  its output is quantized too, so the backend sees a whole ``DQ -> op -> Q`` group and runs an
+  integer kernel (onnxruntime: QLinearConv, QGemm, QLinearMatMul; TensorRT: INT8 tactics);
+- ops between INT8 layers that have integer kernels (Add, Concat, pooling, activations, shape
+  ops) join the INT8 region, their inputs and outputs quantized, so no float island splits it;
+  shape-only ops (Reshape, Transpose, MaxPool, ...) reuse their input's scale, so the backend can
+  drop the Q/DQ around them;
+- with unsigned asymmetric activations a Relu or Clip(0, c) right after an INT8 layer is absorbed:
+  the layer's output is quantized with the activation's calibrated range, whose zero point is 0,
+  and QuantizeLinear's saturation then computes the Relu/Clip exactly;
+- each quantized tensor gets one Q/DQ pair shared by all its quantized consumers; float consumers
+  and graph outputs keep reading the float tensor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..backends.base import QDQStyle
+from ..data import Dataset
+from ..errors import DataError
+from ..ir import Graph, const_array, is_constant
+from ..plan import PrecisionPlan
+from ..quant.calibration import Calibration, calibrate
+from ..quant.weights import quantize_layer_weight
+
+__all__ = ["quantize", "plan_static_region", "INT8_CAPABLE", "SCALE_SHARING"]
+
+#: Ops with integer kernels in the backends we target: they join an INT8 region.
+INT8_CAPABLE = frozenset({"Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
+                          "Sigmoid", "HardSigmoid", "Mul", "LeakyRelu", "Reshape", "Flatten", "Transpose",
+                          "Squeeze", "Unsqueeze", "Resize", "Split", "Slice", "Gather"})
+#: Ops whose output values are a subset of their input values: output reuses the input's scale.
+SCALE_SHARING = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Split",
+                           "Slice", "Gather", "Resize"})
+_ABSORBABLE = ("Relu", "Clip")
+
+
+def quantize(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset | None,
+             cache: dict | None = None) -> Graph:
+    """Apply every non-float layer choice of ``plan`` to ``graph`` (in place) and return it."""
+    from .quantize_dynamic import quantize_dynamic_layers
+    from .quantize_int4 import quantize_int4_layers
+
+    cache = cache if cache is not None else {}
+    layers = graph.layers()
+    static = [n for n in layers if plan.choice(n.name).activation == "int8" and plan.choice(n.name).weight == "int8"]
+    dynamic = [n for n in layers if plan.choice(n.name).activation == "dynamic"]
+    int4 = [n for n in layers if plan.choice(n.name).weight == "int4"]
+    if static:
+        if calib is None:
+            raise DataError("static INT8 needs calibration data", where="--calib")
+        _quantize_static(graph, static, plan, style, calib, cache)
+    if dynamic:
+        quantize_dynamic_layers(graph, dynamic, plan, style)
+    if int4:
+        quantize_int4_layers(graph, int4, plan, style, calib, cache)
+    graph.main.sort()
+    return graph
+
+
+def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle):
+    """(nodes in the INT8 region, absorbed activations {layer: act node}, tensors to quantize)."""
+    region: set[str] = {n.name for n in static}
+    absorbed: dict[str, ir.Node] = {}
+    if style.activation_dtype == "uint8" and not style.symmetric_activations:
+        for n in static:
+            out = n.outputs[0]
+            users = graph.consumers(out)
+            if len(users) == 1 and users[0].op_type in _ABSORBABLE and not out.is_graph_output() \
+                    and _clip_lower_is_zero(users[0]):
+                absorbed[n.name] = users[0]
+    skip = {a.name for a in absorbed.values()}
+    for node in graph.main:  # topological: grow the region through integer-capable ops
+        if node.name in region or node.name in skip or node.op_type not in INT8_CAPABLE:
+            continue
+        acts = [v for v in node.inputs if v is not None and not is_constant(v)]
+        if acts and all(_in_region(v, region, absorbed) for v in acts):
+            region.add(node.name)
+    tensors: list[ir.Value] = []
+    seen: set[int] = set()
+
+    def add(v: ir.Value) -> None:
+        if id(v) not in seen and v.dtype == ir.DataType.FLOAT:
+            seen.add(id(v))
+            tensors.append(v)
+
+    for node in graph.main:
+        if node.name not in region:
+            continue
+        ins = [node.inputs[0]] if node.name in {n.name for n in static} else node.inputs
+        for v in ins:
+            if v is not None and not is_constant(v):
+                add(v)
+        out = absorbed[node.name].outputs[0] if node.name in absorbed else node.outputs[0]
+        add(out)
+    return region, absorbed, tensors
+
+
+def _in_region(v: ir.Value, region: set[str], absorbed: dict[str, ir.Node]) -> bool:
+    prod = v.producer()
+    if prod is None:
+        return False
+    if prod.name in region:
+        return True
+    return any(a is prod for a in absorbed.values())
+
+
+def _clip_lower_is_zero(node: ir.Node) -> bool:
+    if node.op_type == "Relu":
+        return True
+    lo = node.inputs[1] if len(node.inputs) > 1 else None
+    if lo is None:
+        return False
+    return is_constant(lo) and float(const_array(lo)) == 0.0
+
+
+def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, style: QDQStyle,
+                     calib: Dataset, cache: dict) -> None:
+    region, absorbed, tensors = plan_static_region(graph, static, style)
+    cal: Calibration = calibrate(graph, calib, [t.name for t in tensors], [n for n in static], plan.quant,
+                                 cache=cache)
+    act_dtype = "int8" if style.symmetric_activations else style.activation_dtype
+    symmetric = style.symmetric_activations or act_dtype == "int8" and plan.quant.symmetric_activations
+    qparams: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for t in tensors:
+        prod = t.producer()
+        src = prod.inputs[0] if prod is not None and prod.op_type in SCALE_SHARING else None
+        if src is not None and src.name in qparams:
+            qparams[t.name] = qparams[src.name]
+            continue
+        qparams[t.name] = cal.activation_qparams(t.name, act_dtype, symmetric)
+    x_names = {n.name: n.inputs[0].name for n in static}
+    # Absorb Relu/Clip: the layer's output takes the activation's place and range.
+    for lname, act in absorbed.items():
+        layer_out = act.inputs[0]
+        act_out = act.outputs[0]
+        qparams[layer_out.name] = qparams.pop(act_out.name)
+        graph.replace_all_uses(act_out, layer_out)
+        graph.erase(act)
+        tensors = [layer_out if t is act_out else t for t in tensors]
+    # Q/DQ pairs on activations.
+    layer_outputs = {id(n.outputs[0]) for n in static}
+    for t in tensors:
+        scale, zp = qparams[t.name]
+        _insert_qdq(graph, t, scale, zp, region, all_users=id(t) in layer_outputs)
+    # Weights (and biases) of the INT8 layers.
+    for node in static:
+        x_scale = qparams[x_names[node.name]][0] if x_names[node.name] in qparams else None
+        quantize_layer_weight(graph, node, plan.quant, style, x_scale, cal)
+
+
+def _insert_qdq(graph: Graph, value: ir.Value, scale: np.ndarray, zp: np.ndarray, region: set[str],
+                all_users: bool = False) -> None:
+    """One Q/DQ pair after ``value``; region consumers (all, for an INT8 layer's output) read DQ."""
+    users = [u for u in value.uses() if all_users or u.node.name in region]
+    as_output = all_users and value.is_graph_output()
+    if not users and not as_output:
+        return
+    base = value.name
+    serves = value.producer().name if value.producer() is not None else (users[0].node.name if users else None)
+    s = graph.add_initializer(f"{base}_scale", np.asarray(scale, dtype=np.float32))
+    z = graph.add_initializer(f"{base}_zero_point", np.asarray(zp))
+    q = graph.new_node("QuantizeLinear", [value, s, z], name=f"{base}_QuantizeLinear", serves=serves)
+    dq = graph.new_node("DequantizeLinear", [q.outputs[0], s, z], name=f"{base}_DequantizeLinear", serves=serves)
+    q.outputs[0].type, q.outputs[0].shape = ir.TensorType(ir.DataType.from_numpy(np.asarray(zp).dtype)), value.shape
+    dq.outputs[0].type, dq.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), value.shape
+    prod = value.producer()
+    if prod is not None:
+        graph.insert_after(prod, [q, dq])
+    else:
+        first = next(iter(graph.main))
+        graph.insert_before(first, [q, dq])
+    for use in users:
+        use.node.replace_input_with(use.idx, dq.outputs[0])
+    if as_output:  # the graph output keeps its name but now carries the quantized value
+        outs = graph.main.outputs
+        outs[[i for i, o in enumerate(outs) if o is value][0]] = dq.outputs[0]
+        name = value.name
+        value.name = graph.mint_name(name + "_float")
+        dq.outputs[0].name = name

@@ -1,0 +1,70 @@
+"""Calibration collection: run the float graph over data and stream per-tensor statistics.
+
+An interpreter over the Graph (backed by onnxruntime for speed): the tensors of interest are made
+extra outputs of an in-memory copy of the model, never saved to disk, and each batch's values are
+folded into mergeable statistics (``TensorStats``) and dropped, so memory does not grow with the
+number of samples. ``visit`` callbacks see each batch's values too (Hessians for GPTQ, input
+means for bias correction) and must also stream.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..data import Dataset, as_feeds, iterate
+from ..errors import DataError
+from ..ir import Graph, to_proto
+from .observers import TensorStats
+
+__all__ = ["collect_stats", "run_with_outputs"]
+
+Visit = Callable[[Mapping[str, np.ndarray]], None]
+
+
+def _session(graph: Graph, names: list[str]) -> ort.InferenceSession:
+    proto = to_proto(graph)
+    existing = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=n))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndarray]], names: list[str],
+                     visit: Visit, *, batch_size: int = 8, limit: int | None = None) -> int:
+    """Run the graph over ``data``; call ``visit`` with {name: value} (and the inputs) per batch."""
+    sess = _session(graph, names)
+    seen = 0
+    for batch in iterate(data, batch_size):
+        feeds = as_feeds(batch, graph)
+        outs = sess.run(names, feeds)
+        visit({**feeds, **dict(zip(names, outs))})
+        seen += len(next(iter(feeds.values())))
+        if limit is not None and seen >= limit:
+            break
+    if seen == 0:
+        raise DataError("calibration data is empty", where="--calib")
+    return seen
+
+
+def collect_stats(graph: Graph, data, tensors: list[str], *, bins: int = 2048, batch_size: int = 8,
+                  limit: int | None = None, extra: Visit | None = None) -> dict[str, TensorStats]:
+    """Streaming statistics for each named tensor (graph inputs included)."""
+    inputs = {v.name for v in graph.main.inputs}
+    outs = [t for t in tensors if t not in inputs]
+    stats = {t: TensorStats(bins=bins) for t in tensors}
+
+    def visit(values: Mapping[str, np.ndarray]) -> None:
+        for t in tensors:
+            stats[t].update(np.asarray(values[t], dtype=np.float32))
+        if extra is not None:
+            extra(values)
+
+    run_with_outputs(graph, data, outs, visit, batch_size=batch_size, limit=limit)
+    return stats
