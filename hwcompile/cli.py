@@ -195,6 +195,40 @@ def analyze(model: Path, as_json: bool = typer.Option(False, "--json"),
     console.print(t)
 
 
+@app.command()
+def check(model: Path, target: str = typer.Option("nvidia-ampere", "--target", "-t"),
+          sparsity: Optional[str] = typer.Option(None, help="Also check N:M sparsity, e.g. 2:4."),
+          as_json: bool = typer.Option(False, "--json")):
+    """Validate an ONNX model against a target's deployment rules (TensorRT explicit quantization)."""
+    import onnx
+
+    from .errors import ConfigError, ModelLoadError
+    from .targets import load_target
+
+    def run():
+        t = load_target(target)
+        if t.backend != "tensorrt":
+            raise ConfigError(f"target {t.name} ({t.backend}) has no deployment rules to check", where="--target")
+        from .backends.tensorrt.rules import check_model
+
+        load(model)  # the same safety and validity checks as compile
+        return check_model(onnx.load(str(model), load_external_data=False), sparsity=sparsity)
+
+    from .ir import load
+
+    violations = _guard(run)
+    if as_json:
+        _print_json({"model": str(model), "target": target, "ok": not violations,
+                     "violations": [v.__dict__ for v in violations]})
+    elif violations:
+        for v in violations:
+            console.print(f"node '{v.node}': [{v.rule}] {v.message}", highlight=False, markup=False)
+    else:
+        console.print(f"{model}: passes every {target} rule")
+    if violations:
+        raise typer.Exit(1)
+
+
 def _guard(fn):
     """Run ``fn``; a HwcompileError becomes one line on stderr and exit code 2."""
     try:

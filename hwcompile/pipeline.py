@@ -298,7 +298,22 @@ def _report(model_path, input_hash, target, backend, graph, compiled_graph, plan
     }
     if search_info:
         report.update(search_info)
+    report["notes"] = _notes(artifact, profile, compiled_graph)
     return report
+
+
+def _notes(artifact: Artifact, profile: Profile, graph: Graph) -> list[str]:
+    notes = []
+    if artifact.info.get("engine_built") is False:
+        notes.append(f"no engine was built: {artifact.info.get('engine_reason')}; the deployable ONNX was written "
+                     "and validated, and latency/accuracy were measured with onnxruntime on this CPU")
+    for key, what in (("dynamic_skipped", "dynamic INT8"), ("int4_skipped", "INT4"), ("prune_skipped", "pruning"),
+                      ("channel_prune_skipped", "channel pruning")):
+        skipped = graph.meta.get(key) or {}
+        if skipped:
+            notes.append(f"{what} not applied to {len(skipped)} layer(s), e.g. "
+                         + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
+    return notes
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:

@@ -10,7 +10,7 @@ from .backends.base import QDQStyle
 from .data import Dataset
 from .ir import Graph
 from .plan import PrecisionPlan, parse_sparsity
-from .passes import run_passes
+from .passes import eliminate_dead_code, run_passes
 
 __all__ = ["apply_plan"]
 
@@ -32,4 +32,4 @@ def apply_plan(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Datase
         from .passes.quantize import quantize
 
         graph = quantize(graph, plan, style, calib, cache=cache)
-    return graph
+    return run_passes(graph, [eliminate_dead_code])  # drop the float weights the passes replaced

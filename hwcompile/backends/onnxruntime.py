@@ -46,6 +46,19 @@ def session_options(settings: dict) -> ort.SessionOptions:
     return so
 
 
+def cpu_has_int8_dot() -> bool:
+    """True where u8*s8 dot products do not saturate: x86 VNNI/AMX, or ARM (sdot/udot)."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -58,8 +71,10 @@ class OnnxRuntimeBackend(Backend):
     def qdq_style(self, target: Target) -> QDQStyle:
         s = target.settings
         act = s.get("activation_dtype", "uint8")
-        return QDQStyle(activation_dtype=act, weight_dtype=s.get("weight_dtype", "int8"),
-                        symmetric_activations=act == "int8")
+        wdt = s.get("weight_dtype", "auto")
+        if wdt == "auto":
+            wdt = "int8" if cpu_has_int8_dot() else "uint8"
+        return QDQStyle(activation_dtype=act, weight_dtype=wdt, symmetric_activations=act == "int8")
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}

@@ -144,15 +144,16 @@ def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, s
         graph.replace_all_uses(act_out, layer_out)
         graph.erase(act)
         tensors = [layer_out if t is act_out else t for t in tensors]
+    # Weights (and biases) of the INT8 layers, before activation Q/DQ so a MatMul's bias
+    # correction still finds the Add that follows it.
+    for node in static:
+        x_scale = qparams[x_names[node.name]][0] if x_names[node.name] in qparams else None
+        quantize_layer_weight(graph, node, plan.quant, style, x_scale, cal)
     # Q/DQ pairs on activations.
     layer_outputs = {id(n.outputs[0]) for n in static}
     for t in tensors:
         scale, zp = qparams[t.name]
         _insert_qdq(graph, t, scale, zp, region, all_users=id(t) in layer_outputs)
-    # Weights (and biases) of the INT8 layers.
-    for node in static:
-        x_scale = qparams[x_names[node.name]][0] if x_names[node.name] in qparams else None
-        quantize_layer_weight(graph, node, plan.quant, style, x_scale, cal)
 
 
 def _insert_qdq(graph: Graph, value: ir.Value, scale: np.ndarray, zp: np.ndarray, region: set[str],

@@ -19,6 +19,7 @@ from ..errors import UnsupportedError
 from ..ir import Graph, const_array
 from ..plan import PrecisionPlan
 from ..quant.qparams import quantize, weight_qparams
+from ..quant.weights import stored_weight
 
 __all__ = ["quantize_dynamic_layers"]
 
@@ -38,7 +39,7 @@ def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: Precision
         else:
             skipped[node.name] = "dynamic INT8 applies to MatMul/Gemm with a 2-D constant weight"
             continue
-        _rewrite(graph, node, w, plan, shared)
+        _rewrite(graph, node, w, plan, shared, style.weight_dtype)
 
 
 def _plain_gemm(node: ir.Node) -> bool:
@@ -50,12 +51,12 @@ def _plain_gemm(node: ir.Node) -> bool:
     return t is None or t.as_int() == 0
 
 
-def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, shared: dict) -> None:
+def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, shared: dict, wdtype: str) -> None:
     x = node.inputs[0]
     axis = 1 if plan.quant.per_channel else None
     qp = weight_qparams(w, bits=8, axis=axis, symmetric=True, method="minmax")
-    wq = quantize(w, qp).astype(np.int8)
     sw = np.asarray(qp.scale, dtype=np.float32).reshape(-1 if axis is not None else ())
+    wq, wzp = stored_weight(quantize(w, qp), sw.shape, wdtype)
     new_nodes = []
     if id(x) not in shared:
         dql = graph.new_node("DynamicQuantizeLinear", [x], name=f"{x.name}_DynamicQuantizeLinear", num_outputs=3,
@@ -68,7 +69,7 @@ def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, sh
         shared[id(x)] = tuple(dql.outputs)
     xq, xs, xz = shared[id(x)]
     wi = graph.add_initializer(f"{node.inputs[1].name}_quantized", wq)
-    wz = graph.add_initializer(f"{node.inputs[1].name}_zero_point", np.zeros(sw.shape, dtype=np.int8))
+    wz = graph.add_initializer(f"{node.inputs[1].name}_zero_point", wzp)
     si = graph.add_initializer(f"{node.inputs[1].name}_scale", sw)
     mm = graph.new_node("MatMulInteger", [xq, wi, xz, wz], name=f"{node.name}_MatMulInteger", serves=node.name)
     mm.outputs[0].type = ir.TensorType(ir.DataType.INT32)

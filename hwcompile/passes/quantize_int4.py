@@ -84,7 +84,7 @@ def _matmulnbits(graph: Graph, node: ir.Node, shape, q, scales, block) -> None:
     b = graph.add_initializer(f"{node.inputs[1].name}_int4", pack_matmulnbits(q, block))
     s = graph.add_initializer(f"{node.inputs[1].name}_scales", scales.reshape(-1))
     mm = graph.new_node("MatMulNBits", [node.inputs[0], b, s],
-                        {"K": int(k), "N": int(n), "bits": 4, "block_size": int(block), "accuracy_level": 4},
+                        {"K": int(k), "N": int(n), "bits": 4, "block_size": int(block), "accuracy_level": 0},
                         name=f"{node.name}_MatMulNBits", serves=node.name, domain="com.microsoft")
     _swap(graph, node, mm)
     graph.model.opset_imports.setdefault("com.microsoft", 1)

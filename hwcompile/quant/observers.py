@@ -5,8 +5,9 @@ fixed number ``B`` of equal bins (``B`` a power of two, default 2048). Its memor
 the number of samples, and it is *exactly mergeable*: the result is identical, bit for bit, however
 the samples are ordered, batched, chunked or split across workers, because
 
-* ``R = 2**e`` is the smallest power of two strictly above the largest ``|x|`` seen so far, a
-  function of the global max alone; when a batch exceeds it, ``R`` doubles (repeatedly) and
+* ``R = 2**e`` is the smallest power of two strictly above the largest ``|x|`` seen so far (i.e.
+  ``2**ceil(log2 max|x|)``, doubled when ``max|x|`` is itself a power of two, so no value sits on the
+  open top edge), a function of the global max alone; when a batch exceeds it, ``R`` doubles (repeatedly) and
   adjacent bin pairs are added: bin ``i`` of range ``R`` lies exactly inside bin ``B/4 + i//2`` of
   range ``2R`` (grids nest), so regridding loses nothing a direct binning at ``2R`` would keep;
 * a value's bin is ``B/2 + floor(x * (B/2) / R)``, computed as a multiplication by a power of two,
@@ -108,7 +109,8 @@ class TensorStats:
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Add ``other``'s statistics into self (other is unchanged). Returns self."""
         if other.bins != self.bins:
-            raise ConfigError(f"cannot merge histograms of {self.bins} and {other.bins} bins", where=self.name or "merge")
+            raise ConfigError(f"cannot merge histograms of {self.bins} and {other.bins} bins",
+                              where=self.name or "merge", hint="collect both with the same histogram_bins")
         if other.count == 0:
             return self
         other = other.copy()

@@ -19,7 +19,7 @@ from ..plan import QuantSettings
 from .compensate import gptq_quantize
 from .qparams import QParams, dequantize, quantize, weight_qparams
 
-__all__ = ["output_axis", "reduction_matrix", "quantize_layer_weight", "weight_error_bias_delta"]
+__all__ = ["output_axis", "reduction_matrix", "quantize_layer_weight", "weight_error_bias_delta", "stored_weight"]
 
 
 def output_axis(node: ir.Node, ndim: int) -> int:
@@ -98,17 +98,27 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
     bias_delta = None
     if settings.compensation in ("bias", "gptq") and node.name in getattr(cal, "channel_means", {}):
         bias_delta = weight_error_bias_delta(node, w, deq, cal.channel_means[node.name])
-    _rewrite_weight(graph, node, q.astype(np.int8), qp, axis)
+    _rewrite_weight(graph, node, q.astype(np.int8), qp, axis, style.weight_dtype)
     _rewrite_bias(graph, node, bias_delta, qp, x_scale, style)
     return qp
 
 
-def _rewrite_weight(graph: Graph, node: ir.Node, q: np.ndarray, qp: QParams, axis: int | None) -> None:
+def stored_weight(q: np.ndarray, shape: tuple, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 values as stored: int8 with zero point 0, or uint8 offset by 128 with zero
+    point 128 (the same real values; x86 without VNNI saturates u8*s8 pairs in int16, u8*u8 does not)."""
+    if dtype == "uint8":
+        return (q.astype(np.int16) + 128).astype(np.uint8), np.full(shape, 128, dtype=np.uint8)
+    return q.astype(np.int8), np.zeros(shape, dtype=np.int8)
+
+
+def _rewrite_weight(graph: Graph, node: ir.Node, q: np.ndarray, qp: QParams, axis: int | None,
+                    dtype: str = "int8") -> None:
     w_val = node.inputs[1]
     scale = np.asarray(qp.scale, dtype=np.float32).reshape(-1 if axis is not None else ())
-    qi = graph.add_initializer(f"{w_val.name}_quantized", q)
+    stored, zp = stored_weight(q, scale.shape, dtype)
+    qi = graph.add_initializer(f"{w_val.name}_quantized", stored)
     si = graph.add_initializer(f"{w_val.name}_scale", scale)
-    zi = graph.add_initializer(f"{w_val.name}_zero_point", np.zeros(scale.shape, dtype=np.int8))
+    zi = graph.add_initializer(f"{w_val.name}_zero_point", zp)
     attrs = {"axis": axis} if axis is not None else {}
     dq = graph.new_node("DequantizeLinear", [qi, si, zi], attrs, name=f"{w_val.name}_DequantizeLinear", serves=node.name)
     dq.outputs[0].type, dq.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), w_val.shape

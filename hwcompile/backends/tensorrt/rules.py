@@ -15,7 +15,7 @@ Mixed precision, exactly: a Conv / ConvTranspose / Gemm / MatMul whose inputs ca
 is a float layer and is allowed. Once any *activation* input of such an op is dequantized, every
 input (activations and weight) must be dequantized. A weight-only quantized MatMul / Gemm (float
 activation, DQ'd constant weight: the ``int4w`` candidate) is allowed; a weight-only quantized
-Conv / ConvTranspose is flagged (TensorRT has no weight-only convolution; the DQ only costs time).
+Conv / ConvTranspose is flagged (TensorRT's weight-only quantization covers MatMul / Gemm).
 
 Only the top-level graph is checked (not If/Loop bodies). A value is *constant* when it is an
 initializer that is not also a graph input, a Constant output, or the output of a node whose
@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-__all__ = ["Violation", "RULES", "check_model", "render"]
+__all__ = ["Violation", "RULES", "check_model", "render", "nm_violations"]
 
 RULES: dict[str, str] = {
     "no-qlinear": "no QLinear*, *Integer, DynamicQuantizeLinear or com.microsoft ops: TensorRT reads Q/DQ only",
@@ -41,7 +41,8 @@ RULES: dict[str, str] = {
                                "or INT4 blocks along the reduction axis",
     "weight-initializer-dq": "weights are initializer -> DequantizeLinear -> op: no Q on a constant float weight, "
                              "no float weight into a quantized op",
-    "qdq-on-inputs": "a Conv/ConvTranspose/Gemm/MatMul quantized on an activation has DQ on every input",
+    "qdq-on-inputs": "a Conv/ConvTranspose/Gemm/MatMul with any DQ input has DQ on every input "
+                     "(float ops and weight-only MatMul/Gemm allowed)",
     "residual-add-quantized": "an Add fed by a quantized Conv gets its residual input from a DequantizeLinear",
     "opset-fp8": "FP8 Q/DQ need default-domain opset >= 19",
     "sparsity-2-4": "with sparsity 2:4, Conv/Gemm/MatMul weights have <= 2 nonzeros in every 4 along the reduction axis",
@@ -274,8 +275,8 @@ def _check_weight_scale(idx: _Index, dq: onnx.NodeProto, op: onnx.NodeProto,
 def _weight_initializer_dq(idx: _Index) -> Found:
     for n in idx.nodes:
         if n.op_type == "QuantizeLinear" and idx.is_const(n.input[0]):
-            yield n, (f"QuantizeLinear on constant float weight '{n.input[0]}' runs at build/run time; store the "
-                      "weight quantized as an initializer feeding DequantizeLinear")
+            yield n, (f"QuantizeLinear on constant float weight '{n.input[0]}': the weight is quantized by the "
+                      "runtime, not stored; store it quantized as an initializer feeding DequantizeLinear")
     for op in idx.nodes:
         if op.op_type not in MATMUL_LIKE or not _activation_quantized(idx, op):
             continue

@@ -1,0 +1,185 @@
+"""Quantization passes: placement (integer kernels in onnxruntime), numerics against an
+independent numpy fake-quant reference and onnx's reference evaluator, dynamic, INT4, FP16."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hwcompile.ir as hir
+from hwcompile.backends.base import QDQStyle
+from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
+from hwcompile.targets import load_target
+from hwcompile.data import Dataset
+from hwcompile.passes import cleanup
+from hwcompile.passes.quantize import quantize
+from hwcompile.passes.quantize_int4 import int4_blockwise
+from hwcompile.plan import LayerChoice, PrecisionPlan, QuantSettings
+from hwcompile.quant.qparams import QParams, fake_quant
+from hwcompile.transform import apply_plan
+
+from conftest import conv_bn_model, session
+
+ORT_STYLE = OnnxRuntimeBackend().qdq_style(load_target("host-cpu"))
+TRT_STYLE = QDQStyle(activation_dtype="int8", symmetric_activations=True, quantize_bias=False,
+                     allow_dynamic=False, allow_contrib_ops=False)
+
+
+def mlp_model(seed=0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32) * 0.3, "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _graph(tmp_path, model):
+    p = tmp_path / "m.onnx"
+    onnx.save(model, p)
+    return p, cleanup(hir.load(p))
+
+
+def _calib(shape, n=64, seed=1):
+    return Dataset({"x": np.random.default_rng(seed).standard_normal((n,) + shape).astype(np.float32)}, source=f"r{seed}")
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+
+
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def test_static_int8_conv_runs_integer_kernels(tmp_path):
+    m = conv_bn_model()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    _, g = _graph(tmp_path, m)
+    q = quantize(g, PrecisionPlan.uniform("int8"), ORT_STYLE, _calib((3, 8, 8)))
+    q.lint()
+    proto = hir.to_proto(q)
+    ops = _optimized_ops(proto, tmp_path)
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "FusedConv" not in ops
+    assert "Relu" not in [n.op_type for n in proto.graph.node]  # absorbed: zero point 0 saturates
+
+
+def test_static_int8_matches_numpy_fake_quant(tmp_path):
+    _, g = _graph(tmp_path, mlp_model())
+    calib = _calib((16,))
+    plan = PrecisionPlan.uniform("int8", compensation="none")
+    q = hir.to_proto(quantize(g, plan, ORT_STYLE, calib))
+    x = _calib((16,), n=32, seed=7).inputs["x"]
+    out = session(q).run(None, {"x": x})[0]
+    # independent reference: numpy fake-quant with the scales the pass chose
+    w1, w2, b1 = _const(mlp_model(), "w1"), _const(mlp_model(), "w2"), _const(mlp_model(), "b1")
+    sx, zx = _const(q, "x_scale"), _const(q, "x_zero_point")
+    # the calibration range of x is min..max of the calibration data (minmax observer)
+    lo, hi = min(calib.inputs["x"].min(), 0), max(calib.inputs["x"].max(), 0)
+    assert np.isclose(sx, (hi - lo) / 255, rtol=1e-6)
+    fq = lambda v, t: fake_quant(v, QParams(_const(q, f"{t}_scale"), _const(q, f"{t}_zero_point").astype(np.int64),
+                                         8, False))
+    wq = lambda w: fake_quant(w, QParams(np.abs(w).max(0) / 127, np.zeros(w.shape[1], np.int64), 8, True, 1))
+    h = fq(fq(x, "x") @ wq(w1), "h")
+    hb = fq(h + b1, "hb")
+    r = fq(np.maximum(hb, 0), "r")
+    ref = fq(r @ wq(w2), "y")
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    assert rel < 0.02, rel  # integer kernels requantize differently from float emulation by ~1 step
+
+
+def test_trt_style_is_symmetric_with_float_bias(tmp_path):
+    _, g = _graph(tmp_path, conv_bn_model())
+    q = hir.to_proto(quantize(g, PrecisionPlan.uniform("int8"), TRT_STYLE, _calib((3, 8, 8))))
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not np.any(_const(q, n.input[2]))
+    assert "Relu" in [n.op_type for n in q.graph.node]
+    conv_bias = [n.input[2] for n in q.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert all(_const(q, b).dtype == np.float32 for b in conv_bias)
+
+
+def test_bias_correction_removes_mean_error(tmp_path):
+    _, g0 = _graph(tmp_path, mlp_model())
+    x = _calib((16,), n=256).inputs["x"] + 2.0  # non-zero mean input: weight error has a mean effect
+    calib = Dataset({"x": x}, source="shifted")
+    ref = session(hir.to_proto(g0)).run(None, {"x": x})[0]
+    errs = {}
+    for comp in ("none", "bias"):
+        g = cleanup(hir.load(tmp_path / "m.onnx"))
+        plan = PrecisionPlan(default=LayerChoice("int8", "int8"), quant=QuantSettings(compensation=comp))
+        q = apply_plan(g, plan, ORT_STYLE, calib)
+        out = session(hir.to_proto(q)).run(None, {"x": x})[0]
+        errs[comp] = abs(float(np.mean(out - ref)))
+    assert errs["bias"] < errs["none"]
+
+
+def test_gptq_beats_round_to_nearest_for_int4(tmp_path):
+    rng = np.random.default_rng(3)
+    k, n = 64, 32
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    base = rng.standard_normal((512, 8))
+    x = (base @ rng.standard_normal((8, k)) + 0.1 * rng.standard_normal((512, k))).astype(np.float32)
+    h = 2 * x.T.astype(np.float64) @ x / len(x)
+    err = {}
+    for name, hess in (("rtn", None), ("gptq", h)):
+        q, s = int4_blockwise(w, 32, hess)
+        deq = ((q.astype(np.float32) - 8) * np.repeat(s, 32, axis=1)).T[:k]
+        err[name] = float(np.mean((x @ w - x @ deq) ** 2))
+    assert err["gptq"] < 0.7 * err["rtn"]
+
+
+def test_dynamic_int8_fuses_and_is_close(tmp_path):
+    _, g = _graph(tmp_path, mlp_model())
+    ref_g = hir.to_proto(g)
+    q = hir.to_proto(apply_plan(g, PrecisionPlan.uniform("int8dyn"), ORT_STYLE, None))
+    ops = _optimized_ops(q, tmp_path)
+    assert "DynamicQuantizeMatMul" in ops or "MatMulIntegerToFloat" in ops
+    assert "MatMul" not in ops
+    x = _calib((16,), n=16, seed=5).inputs["x"]
+    ref, out = session(ref_g).run(None, {"x": x})[0], session(q).run(None, {"x": x})[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05
+
+
+def test_int4_matmulnbits_matches_numpy(tmp_path):
+    _, g = _graph(tmp_path, mlp_model())
+    q = hir.to_proto(apply_plan(g, PrecisionPlan.uniform("int4w", compensation="none", int4_block_size=16),
+                                ORT_STYLE, None))
+    assert [n.op_type for n in q.graph.node].count("MatMulNBits") == 2
+    x = _calib((16,), n=8, seed=9).inputs["x"]
+    out = session(q).run(None, {"x": x})[0]
+    m = mlp_model()
+    dq = lambda w: (lambda qs: ((qs[0].astype(np.float32) - 8) * np.repeat(qs[1], 16, axis=1)).T[: w.shape[0]])(
+        int4_blockwise(w, 16))
+    ref = np.maximum(x @ dq(_const(m, "w1")) + _const(m, "b1"), 0) @ dq(_const(m, "w2"))
+    assert np.allclose(out, ref, atol=1e-3 * np.abs(ref).max())
+
+
+def test_fp16_layers(tmp_path):
+    p, g = _graph(tmp_path, conv_bn_model())
+    q = hir.to_proto(apply_plan(g, PrecisionPlan.uniform("fp16"), ORT_STYLE, None))
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 4  # in/out of each conv: the Relu between runs in fp32
+    x = _calib((3, 8, 8), n=1).inputs["x"]
+    ref, out = session(p).run(None, {"x": x})[0], session(q).run(None, {"x": x})[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 5e-3
+
+
+def test_float_layers_stay_bit_exact(tmp_path):
+    p, g = _graph(tmp_path, mlp_model())
+    plan = PrecisionPlan.uniform("fp32").with_layer("fc2", LayerChoice("int8", "int8"))
+    q = quantize(g, plan, ORT_STYLE, _calib((16,)))
+    names = {n.name: n for n in q.nodes()}
+    assert names["fc1"].inputs[1].name == "w1"  # untouched weight
