@@ -93,8 +93,8 @@ def test_static_int8_matches_numpy_fake_quant(tmp_path):
                                          8, False))
     wq = lambda w: fake_quant(w, QParams(np.abs(w).max(0) / 127, np.zeros(w.shape[1], np.int64), 8, True, 1))
     h = fq(fq(x, "x") @ wq(w1), "h")
-    hb = fq(h + b1, "hb")
-    r = fq(np.maximum(hb, 0), "r")
+    r = fq(h + b1, "hb")  # the Relu is absorbed: hb's zero point is 0, so saturation is the Relu
+    assert _const(q, "hb_zero_point") == 0 and "Relu" not in [n.op_type for n in q.graph.node]
     ref = fq(r @ wq(w2), "y")
     rel = np.abs(out - ref).max() / np.abs(ref).max()
     assert rel < 0.02, rel  # integer kernels requantize differently from float emulation by ~1 step

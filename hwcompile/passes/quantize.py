@@ -82,6 +82,14 @@ def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle):
         acts = [v for v in node.inputs if v is not None and not is_constant(v)]
         if acts and all(_in_region(v, region, absorbed) for v in acts):
             region.add(node.name)
+    if style.activation_dtype == "uint8" and not style.symmetric_activations:
+        for node in graph.main:  # a Relu after a quantized Add/Concat is absorbed the same way
+            if node.name in region and node.op_type in ("Add", "Concat") and node.name not in absorbed:
+                users = graph.consumers(node.outputs[0])
+                if (len(users) == 1 and users[0].name in region and users[0].op_type in _ABSORBABLE
+                        and not node.outputs[0].is_graph_output() and _clip_lower_is_zero(users[0])):
+                    absorbed[node.name] = users[0]
+                    region.discard(users[0].name)
     tensors: list[ir.Value] = []
     seen: set[int] = set()
 
