@@ -1,0 +1,219 @@
+"""The mixed-precision planner: one candidate per layer, chosen by a MILP (scipy.optimize.milp).
+
+Variables: ``x_ic`` in {0, 1} (layer i takes candidate c; only allowed pairs exist) and, when
+boundaries cost time, ``y_e`` in [0, 1] for each layer-to-layer edge e = (i, j), forced to 1 when
+i and j take different candidates by ``y_e >= x_ic - x_jc`` for every c.
+
+    sum_c x_ic = 1                                                        (every layer one choice)
+    latency(x) = sum_ic L_ic x_ic + t sum_e y_e + L0                      [ms]
+    size(x)    = sum_ic S_ic x_ic + S0                                    [bytes]
+    noise(x)   = k sum_ic D_ic x_ic,   D_ic = 10^(-snr_ic/10)              predicted SNR = -10 log10 noise
+
+``D_ic`` is layer i's noise-to-signal ratio alone with candidate c; independent noise powers add,
+so the sum predicts the plan's output noise; ``k`` (default 1) is a correction fitted from
+measured builds, ``t`` and ``L0`` likewise for latency. Objectives:
+``minimize="damage"``: min noise s.t. latency <= budget and/or size <= budget;
+``minimize="latency"``: min latency s.t. noise <= 10^(-min_snr/10) and the optional budgets.
+Ties are broken lexicographically (a second solve: among optimal plans, the fastest or the least
+damaging). An infeasible problem raises ConfigError naming the budget and the best it can reach.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from ..errors import ConfigError
+
+__all__ = ["Problem", "Solution", "solve", "predict", "pareto_front", "snr_from_noise"]
+
+
+@dataclass
+class Problem:
+    """Per-layer tables ``[layers, candidates]``; NaN damage marks a pair that is not allowed."""
+
+    layers: list[str]
+    candidates: list[str]
+    damage: np.ndarray
+    latency: np.ndarray
+    size: np.ndarray
+    edges: list[tuple[int, int]] = field(default_factory=list)
+    boundary_ms: float = 0.0
+    latency_offset_ms: float = 0.0
+    size_offset_bytes: float = 0.0
+    damage_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        shape = (len(self.layers), len(self.candidates))
+        for name in ("damage", "latency", "size"):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != shape:
+                raise ConfigError(f"table shape {arr.shape}, expected {shape}", where=f"Problem.{name}")
+            setattr(self, name, arr)
+        self.allowed = ~(np.isnan(self.damage) | np.isnan(self.latency) | np.isnan(self.size))
+        empty = [self.layers[i] for i in range(shape[0]) if not self.allowed[i].any()]
+        if empty:
+            raise ConfigError("layer has no allowed candidate", where=f"layer '{empty[0]}'")
+
+
+@dataclass
+class Solution:
+    assignment: dict[str, str]
+    predicted_latency_ms: float
+    predicted_size_bytes: float
+    predicted_noise: float
+    predicted_snr_db: float
+    boundaries: int
+    objective: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def snr_from_noise(noise: float) -> float:
+    return 200.0 if noise <= 1e-20 else float(min(200.0, -10.0 * np.log10(noise)))
+
+
+def predict(problem: Problem, assignment: dict[str, str], objective: str = "") -> Solution:
+    """Predicted latency, size and noise of an assignment (layer id -> candidate name)."""
+    idx = [problem.candidates.index(assignment[l]) for l in problem.layers]
+    rows = np.arange(len(idx))
+    b = sum(1 for i, j in problem.edges if idx[i] != idx[j])
+    noise = problem.damage_scale * float(np.sum(problem.damage[rows, idx]))
+    return Solution(assignment=dict(assignment),
+                    predicted_latency_ms=float(np.sum(problem.latency[rows, idx]) + problem.boundary_ms * b
+                                               + problem.latency_offset_ms),
+                    predicted_size_bytes=float(np.sum(problem.size[rows, idx]) + problem.size_offset_bytes),
+                    predicted_noise=noise, predicted_snr_db=snr_from_noise(noise), boundaries=b, objective=objective)
+
+
+def solve(problem: Problem, *, minimize: str = "damage", latency_budget_ms: float | None = None,
+          size_budget_bytes: float | None = None, min_snr_db: float | None = None) -> Solution:
+    """Optimal assignment for the objective and constraints in the module docstring."""
+    if minimize not in ("damage", "latency"):
+        raise ConfigError(f"unknown objective {minimize!r}", where="minimize", hint="damage or latency")
+    lp = _Lp(problem)
+    cons = []
+    if latency_budget_ms is not None:
+        cons.append(lp.row(lp.lat, latency_budget_ms - problem.latency_offset_ms, problem.boundary_ms))
+    if size_budget_bytes is not None:
+        cons.append(lp.row(lp.size, size_budget_bytes - problem.size_offset_bytes))
+    if min_snr_db is not None:
+        cons.append(lp.row(problem.damage_scale * lp.dmg, 10.0 ** (-min_snr_db / 10.0)))
+    first, second = (lp.dmg, lp.lat) if minimize == "damage" else (lp.lat, lp.dmg)
+    t1, t2 = (0.0, problem.boundary_ms) if minimize == "damage" else (problem.boundary_ms, 0.0)
+    x = lp.run(first, t1, cons)
+    if x is None:
+        _explain_infeasible(problem, latency_budget_ms, size_budget_bytes, min_snr_db)
+    best = float(lp.value(first, t1, x))
+    tie = lp.row(first, best + 1e-7 * abs(best) + 1e-12, t1)
+    x2 = lp.run(second, t2, cons + [tie])
+    return predict(problem, lp.assignment(x2 if x2 is not None else x), objective=minimize)
+
+
+class _Lp:
+    """Flattens the allowed (layer, candidate) pairs into MILP columns, plus one column per edge."""
+
+    def __init__(self, p: Problem):
+        self.p = p
+        self.pairs = [(i, c) for i in range(len(p.layers)) for c in range(len(p.candidates)) if p.allowed[i, c]]
+        self.col = {pc: k for k, pc in enumerate(self.pairs)}
+        self.n_x = len(self.pairs)
+        self.edges = p.edges if p.boundary_ms != 0 else []
+        self.n = self.n_x + len(self.edges)
+        pick = lambda a: np.array([a[i, c] for i, c in self.pairs])
+        self.dmg, self.lat, self.size = pick(p.damage), pick(p.latency), pick(p.size)
+        a_eq = np.zeros((len(p.layers), self.n))
+        for k, (i, _) in enumerate(self.pairs):
+            a_eq[i, k] = 1.0
+        self.base = [LinearConstraint(a_eq, 1.0, 1.0)]
+        rows = []
+        for e, (i, j) in enumerate(self.edges):
+            for c in range(len(p.candidates)):
+                if (i, c) in self.col or (j, c) in self.col:
+                    r = np.zeros(self.n)
+                    r[self.n_x + e] = 1.0
+                    if (i, c) in self.col:
+                        r[self.col[i, c]] -= 1.0
+                    if (j, c) in self.col:
+                        r[self.col[j, c]] += 1.0
+                    rows.append(r)
+        if rows:
+            self.base.append(LinearConstraint(np.array(rows), 0.0, np.inf))
+
+    def full(self, coef: np.ndarray, per_edge: float = 0.0) -> np.ndarray:
+        return np.concatenate([coef, np.full(len(self.edges), per_edge)])
+
+    def row(self, coef: np.ndarray, ub: float, per_edge: float = 0.0) -> LinearConstraint:
+        """sum coef x + per_edge sum y <= ub, scaled so the largest coefficient is about 1."""
+        full = self.full(coef, per_edge)
+        s = max(float(np.max(np.abs(full))) if full.size else 0.0, abs(ub), 1e-30)
+        return LinearConstraint(full[None, :] / s, -np.inf, ub / s)
+
+    def value(self, coef: np.ndarray, per_edge: float, x: np.ndarray) -> float:
+        return float(self.full(coef, per_edge) @ x)
+
+    def run(self, coef: np.ndarray, per_edge: float, cons: list) -> np.ndarray | None:
+        c = self.full(coef, per_edge)
+        s = max(float(np.max(np.abs(c))), 1e-30)
+        integrality = np.concatenate([np.ones(self.n_x), np.zeros(len(self.edges))])
+        res = milp(c / s, constraints=self.base + cons, integrality=integrality, bounds=Bounds(0.0, 1.0),
+                   options={"mip_rel_gap": 0.0, "presolve": True})
+        if res.x is None or res.status not in (0,):
+            return None
+        return np.concatenate([np.round(res.x[: self.n_x]), res.x[self.n_x:]])
+
+    def assignment(self, x: np.ndarray) -> dict[str, str]:
+        out = {}
+        for k, (i, c) in enumerate(self.pairs):
+            if x[k] > 0.5:
+                out[self.p.layers[i]] = self.p.candidates[c]
+        return out
+
+
+def _explain_infeasible(p: Problem, lat: float | None, size: float | None, snr: float | None) -> None:
+    """Raise ConfigError naming the budget that cannot be met and the best reachable value."""
+    parts, flags = [], []
+    if lat is not None:
+        fastest = solve(p, minimize="latency").predicted_latency_ms
+        if fastest > lat:
+            raise ConfigError(f"latency budget {lat:.4g} ms is below the fastest predicted plan ({fastest:.4g} ms)",
+                              where="--latency-budget", hint=f"raise it to at least {fastest:.4g} ms")
+        parts.append(f"--latency-budget {lat:.4g} ms")
+        flags.append("--latency-budget")
+    if size is not None:
+        smallest = float(np.nansum(np.where(p.allowed, p.size, np.inf).min(axis=1))) + p.size_offset_bytes
+        if smallest > size:
+            raise ConfigError(f"size budget {size / 1e6:.4g} MB is below the smallest predicted plan "
+                              f"({smallest / 1e6:.4g} MB)", where="--size-budget",
+                              hint=f"raise it to at least {smallest / 1e6:.4g} MB")
+        parts.append(f"--size-budget {size / 1e6:.4g} MB")
+        flags.append("--size-budget")
+    if snr is not None:
+        parts.append(f"the accuracy floor (predicted SNR >= {snr:.1f} dB, from --max-accuracy-drop)")
+        flags.append("--max-accuracy-drop")
+    raise ConfigError(f"no plan meets {' and '.join(parts)} together", where="/".join(flags) or "budget",
+                      hint="relax one of the budgets or the allowed accuracy drop")
+
+
+def pareto_front(points: list[dict], x: str | Callable[[dict], float] = "latency_ms",
+                 y: str | Callable[[dict], float] = "accuracy", maximize_y: bool = True) -> list[dict]:
+    """Points not dominated in (lower x, better y), sorted by x; points lacking x or y are dropped."""
+    fx = x if callable(x) else (lambda p: p.get(x))
+    fy = y if callable(y) else (lambda p: p.get(y))
+    sign = 1.0 if maximize_y else -1.0
+    good = []
+    for p in points:
+        vx, vy = fx(p), fy(p)
+        if vx is None or vy is None or not np.isfinite(vx) or not np.isfinite(vy):
+            continue
+        good.append((float(vx), sign * float(vy), p))
+    good.sort(key=lambda t: (t[0], -t[1]))
+    front, best = [], -np.inf
+    for vx, vy, p in good:
+        if vy > best:
+            front.append(p)
+            best = vy
+    return front
