@@ -36,6 +36,7 @@ import numpy as np
 
 from ..backends.base import Artifact, Backend, Profile
 from ..data import Dataset
+from ..errors import HwcompileError
 from ..ir import Graph, to_bytes
 from ..plan import QuantSettings, write_text_atomic
 from ..targets import Target
@@ -56,6 +57,7 @@ class LatencyTable:
     end_to_end: dict[str, float] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)                     # candidates read from the cache
+    failed: dict[str, str] = field(default_factory=dict)                # candidate -> why it did not build
     path: str = ""
 
     def costs(self, layer_ids: list[str], candidates: list[str]) -> np.ndarray:
@@ -79,7 +81,8 @@ class LatencyTable:
         self.spread[cand] = float(rec.get("spread_ms", 0.0))
 
     def to_dict(self) -> dict:
-        return {c: self.record(c) for c in self.layers} | {"_cached": self.cached, "_path": self.path}
+        return {"candidates": {c: self.record(c) for c in self.layers}, "cached": self.cached,
+                "failed": self.failed, "path": self.path}
 
 
 def cache_path(target: Target, backend: Backend, graph: Graph) -> Path:
@@ -125,8 +128,13 @@ def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: 
                 continue
         progress(f"latency: uniform {cand.name}")
         out = Path(tempfile.mkdtemp(prefix=f"uniform-{cand.name.replace(':', '_')}-", dir=workdir))
-        _, art = build(graph, cand.uniform_plan(quant), target, backend, out, calib, cache=cache)
-        prof = backend.profile(art, target, feeds, repeats=repeats, warmup=warmup, per_layer=hit is None)
+        try:
+            _, art = build(graph, cand.uniform_plan(quant), target, backend, out, calib, cache=cache)
+            prof = backend.profile(art, target, feeds, repeats=repeats, warmup=warmup, per_layer=hit is None)
+        except HwcompileError as e:  # a candidate this backend cannot build: leave it out of the search
+            table.failed[cand.name] = e.render()
+            table.layers.pop(cand.name, None)
+            continue
         if hit is None:
             rec = record_from_profile(graph, prof)
             table.add(cand.name, rec)

@@ -1,0 +1,127 @@
+"""The command line as a user meets it: the default compile, outputs, and bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from hwcompile.cli import app
+
+from conftest import conv_bn_model
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_default_compile_reports_accuracy(tmp_path):
+    out = tmp_path / "out"
+    r = _run("compile", "--out", out, "--repeats", 5)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("model", "target", "backend", "baseline", "compiled", "layers", "versions"):
+        assert key in rep
+    for side in ("baseline", "compiled"):
+        for key in ("latency_ms", "latency_ms_spread", "size_bytes", "metrics"):
+            assert key in rep[side]
+    assert rep["compiled"]["metrics"]["top1"] >= 0.95
+    assert rep["versions"]["onnxruntime"] and rep["versions"]["hwcompile"]
+    convs = [v for v in rep["layers"].values() if v["op"] == "Conv"]
+    assert convs and all(v["flops"] > 0 and v["params"] > 0 and "latency_ms" in v for v in convs)
+    assert {"model.onnx", "plan.json", "report.json", "report.html", "manifest.json"} <= {p.name for p in out.iterdir()}
+    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    assert manifest["model.onnx"] == _sha(out / "model.onnx")
+
+
+def test_default_int8_uses_shipped_calibration(tmp_path):
+    r = _run("compile", "--precision", "int8", "--out", tmp_path / "o", "--repeats", 3, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["compiled"]["metrics"]["top1"] >= rep["baseline"]["metrics"]["top1"] - 0.02
+    assert rep["compiled"]["size_bytes"] < 0.5 * rep["baseline"]["size_bytes"]
+
+
+def test_inspect_json(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(conv_bn_model(), p)
+    r = _run("inspect", p, "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["batchnorm"] == 2 and d["ops"]["Conv"] == 2 and d["inputs"][0]["shape"] == [1, 3, 8, 8]
+    assert d["flops"] == 2 * 8 * 27 * 64 + 2 * 4 * 8 * 64
+
+
+def test_profile_model_and_folder(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(conv_bn_model(), p)
+    r = _run("profile", p, "--repeats", 3, "--json")
+    assert r.exit_code == 0, r.output
+    layers = {row["layer"] for row in json.loads(r.stdout)["layers"]}
+    assert "conv1" in layers
+    _run("compile", "--out", tmp_path / "o", "--repeats", 2)
+    r = _run("profile", tmp_path / "o", "--repeats", 3, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["latency_ms"] > 0
+
+
+def test_targets_lists_host_cpu():
+    r = _run("targets", "--json")
+    rows = {t["name"]: t for t in json.loads(r.stdout)}
+    assert rows["host-cpu"]["can_build"] is True
+    assert rows["nvidia-ampere"]["reason"] or rows["nvidia-ampere"]["can_build"]
+
+
+def _bad_cases(tmp_path):
+    trunc = tmp_path / "trunc.onnx"
+    data = conv_bn_model().SerializeToString()
+    trunc.write_bytes(data[: len(data) // 3])
+    text = tmp_path / "text.onnx"
+    text.write_text("hello")
+    bad_op = conv_bn_model()
+    bad_op.graph.node[2].op_type, bad_op.graph.node[2].domain = "Mystery", "x.y"
+    bad_op.opset_import.append(onnx.helper.make_opsetid("x.y", 1))
+    unsupported = tmp_path / "unsupported.onnx"
+    onnx.save(bad_op, unsupported)
+    good = tmp_path / "good.onnx"
+    onnx.save(conv_bn_model(), good)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 3, 9, 9), np.float32))
+    missing_input = tmp_path / "missing.npz"
+    np.savez(missing_input, y=np.zeros((4, 3, 8, 8), np.float32))
+    return [
+        (["compile", tmp_path / "nope.onnx"], "not found"),
+        (["compile", trunc], "truncated"),
+        (["compile", text], "not"),
+        (["compile", unsupported], "relu1"),
+        (["compile", good, "--target", "no-such-device"], "unknown target"),
+        (["compile", good, "--precision", "int3"], "--precision"),
+        (["compile", good, "--precision", "int8"], "--calib"),
+        (["compile", good, "--precision", "int8", "--calib", wrong], "dimension 2"),
+        (["compile", good, "--precision", "int8", "--calib", missing_input], "no data for model input"),
+        (["compile", good, "--sparsity", "5:4"], "sparsity"),
+        (["compile", good, "--calib", tmp_path / "absent.npz", "--precision", "int8"], "not found"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path):
+    for args, needle in _bad_cases(tmp_path):
+        inputs = [a for a in args if str(a).endswith(".onnx") and a.exists()]
+        before = {a: _sha(a) for a in inputs}
+        out = tmp_path / "out"
+        r = _run(*args, "--out", out)
+        assert r.exit_code == 2, (args, r.output)
+        err = r.stderr.strip()
+        assert needle in err, (args, err)
+        assert "Traceback" not in r.output and len(err.splitlines()) <= 3, err
+        assert not out.exists(), args
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], args
+        assert {a: _sha(a) for a in inputs} == before
