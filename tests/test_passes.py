@@ -150,3 +150,36 @@ def test_folding_does_not_materialize_huge_constants(tmp_path):
     p, g = _load(tmp_path, helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)]))
     g = cleanup(g)
     assert "ConstantOfShape" in _ops(g)
+
+
+def _pad_conv(pad_value=0.0, pads=(0, 0, 1, 0, 0, 0, 2, 1), mode="constant") -> onnx.ModelProto:
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "p"),
+             numpy_helper.from_array(np.array(pad_value, np.float32), "v"),
+             numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["xp"], name="pad", mode=mode),
+             helper.make_node("Conv", ["xp", "w"], ["y"], name="conv", pads=[1, 1, 0, 0], strides=[2, 2])]
+    gr = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    gr.output[0].type.tensor_type.shape.Clear()
+    return helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_zero_pad_fuses_into_conv(tmp_path):
+    from hwcompile.passes import fuse_pad_into_conv
+
+    p, g = _load(tmp_path, _pad_conv())
+    g = run_passes(g, [fuse_pad_into_conv])
+    assert _ops(g) == ["Conv"]
+    assert list(g.node("conv").attributes["pads"].as_ints()) == [2, 1, 2, 1]
+    _check_equal(p, g, 0.0)
+
+
+@pytest.mark.parametrize("kw", [{"pad_value": 1.0}, {"mode": "reflect"}, {"pads": (1, 0, 0, 0, 0, 0, 0, 0)}])
+def test_pad_fusion_declines(tmp_path, kw):
+    from hwcompile.passes import fuse_pad_into_conv
+
+    p, g = _load(tmp_path, _pad_conv(**kw))
+    g = run_passes(g, [fuse_pad_into_conv])
+    assert "Pad" in _ops(g) and g.meta["fuse_pad_declined"]["pad"]
+    _check_equal(p, g, 0.0)

@@ -35,7 +35,8 @@ class QDQStyle:
     """How the quantize pass must shape Q/DQ for a backend."""
 
     activation_dtype: str = "uint8"      # "uint8" (asymmetric allowed) or "int8"
-    weight_dtype: str = "int8"
+    weight_dtype: str = "int8"           # Conv weights
+    gemm_weight_dtype: str = "int8"      # MatMul/Gemm weights ("uint8": x86 without VNNI saturates u8*s8)
     symmetric_activations: bool = False  # TensorRT: zero points must be 0
     quantize_residual_add: bool = True   # Q/DQ on both Add inputs so Conv+Add fuse
     quantize_bias: bool = True           # INT32 bias DQ (onnxruntime's integer groups); TensorRT: float

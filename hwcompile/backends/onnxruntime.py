@@ -71,10 +71,11 @@ class OnnxRuntimeBackend(Backend):
     def qdq_style(self, target: Target) -> QDQStyle:
         s = target.settings
         act = s.get("activation_dtype", "uint8")
-        wdt = s.get("weight_dtype", "auto")
-        if wdt == "auto":
-            wdt = "int8" if cpu_has_int8_dot() else "uint8"
-        return QDQStyle(activation_dtype=act, weight_dtype=wdt, symmetric_activations=act == "int8")
+        gemm = s.get("gemm_weight_dtype", "auto")
+        if gemm == "auto":
+            gemm = "int8" if cpu_has_int8_dot() else "uint8"
+        return QDQStyle(activation_dtype=act, weight_dtype=s.get("weight_dtype", "int8"), gemm_weight_dtype=gemm,
+                        symmetric_activations=act == "int8")
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}

@@ -39,7 +39,7 @@ def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: Precision
         else:
             skipped[node.name] = "dynamic INT8 applies to MatMul/Gemm with a 2-D constant weight"
             continue
-        _rewrite(graph, node, w, plan, shared, style.weight_dtype)
+        _rewrite(graph, node, w, plan, shared, style.gemm_weight_dtype)
 
 
 def _plain_gemm(node: ir.Node) -> bool:

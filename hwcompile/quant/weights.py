@@ -98,7 +98,8 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
     bias_delta = None
     if settings.compensation in ("bias", "gptq") and node.name in getattr(cal, "channel_means", {}):
         bias_delta = weight_error_bias_delta(node, w, deq, cal.channel_means[node.name])
-    _rewrite_weight(graph, node, q.astype(np.int8), qp, axis, style.weight_dtype)
+    wdt = style.weight_dtype if node.op_type in ("Conv", "ConvTranspose") else style.gemm_weight_dtype
+    _rewrite_weight(graph, node, q.astype(np.int8), qp, axis, wdt)
     _rewrite_bias(graph, node, bias_delta, qp, x_scale, style)
     return qp
 

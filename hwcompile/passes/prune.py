@@ -1,0 +1,105 @@
+"""Pruning pass: applies the plan's sparsity. Preserves names and graph outputs; changes numerics.
+
+Per layer (``plan.choice(layer).sparsity``): 'N:M' and 'unstructured=R' zero weights in place
+(``prune.semistructured``); 'channels=R' physically removes Conv output channels and what reads
+them (``prune.channels``). Channel pruning runs first, so N:M groups are formed on the final input
+channels. With calibration data each pruned layer (or, for channels, each layer reading removed
+channels) is refit by least squares to reproduce the dense model's outputs
+(``prune.reconstruct``); masks are kept exactly, so refit N:M weights stay N:M.
+
+Options come from ``plan.notes`` (``prune_schedule``: one-shot | gradual | iterative,
+``prune_global``, ``prune_importance``, ... see ``PruneConfig``). Declines are recorded with a
+reason: ``graph.meta['prune_skipped'][layer]`` and ``graph.meta['channel_prune_skipped'][layer]``;
+what was done goes to ``graph.meta['prune']``. Results are cached in ``cache`` by graph content,
+pruning options and calibration data, so a planner trying many plans prunes each variant once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+
+from ..data import Dataset
+from ..ir import Graph, from_proto, to_bytes
+from ..plan import PrecisionPlan, parse_sparsity
+from ..prune.schedule import PruneConfig, prune_channels, prune_weights
+from ..prune.semistructured import WeightTarget, parse_target, skip_reason
+from .base import PassResult
+
+__all__ = ["prune", "prune_pass"]
+
+_META = ("prune", "prune_skipped", "channel_prune_skipped")
+
+
+def prune(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict | None = None) -> Graph:
+    """Apply the plan's sparsity to ``graph`` in place and return it (linted)."""
+    return prune_pass(graph, plan, calib, cache=cache).graph
+
+
+def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict | None = None) -> PassResult:
+    config = PruneConfig.from_notes(plan.notes)
+    skipped = graph.meta.setdefault("prune_skipped", {})
+    ch_skipped = graph.meta.setdefault("channel_prune_skipped", {})
+    weights: dict[str, WeightTarget] = {}
+    channels: dict[str, float] = {}
+    for node in graph.layers():
+        kind, param = parse_sparsity(plan.choice(node.name).sparsity)
+        if kind == "channels":
+            if node.op_type == "Conv":
+                channels[node.name] = float(param)
+            else:
+                ch_skipped[node.name] = f"channel pruning removes Conv output channels; this is a {node.op_type}"
+        elif kind != "dense":
+            target = parse_target(plan.choice(node.name).sparsity)
+            why = skip_reason(graph, node, target)
+            if why:
+                skipped[node.name] = why
+            else:
+                weights[node.name] = target
+    if not weights and not channels:
+        return PassResult(graph, False, {})
+    key = _cache_key(graph, weights, channels, config, calib) if cache is not None and (
+        calib is None or isinstance(calib, Dataset)) else None
+    if key is not None and key in cache:
+        data, meta = cache[key]
+        graph.model = from_proto(onnx.ModelProto.FromString(data), source=graph.source, normalize=False).model
+        graph.meta.update({k: json.loads(json.dumps(v)) for k, v in meta.items()})
+        return PassResult(graph, True, {"cached": 1})
+    report = graph.meta.setdefault("prune", {})
+    report["schedule"] = config.schedule
+    report["reconstructed"] = calib is not None and config.reconstruct
+    if channels:
+        report["channels"] = prune_channels(graph, channels, calib, config, ch_skipped)
+        graph.lint()
+    if weights:
+        report["layers"] = prune_weights(graph, weights, calib, config)
+        graph.lint()
+    graph.meta["prune"] = json.loads(json.dumps(report, default=_jsonable))
+    if key is not None:
+        cache[key] = (to_bytes(graph), {k: json.loads(json.dumps(graph.meta[k])) for k in _META})
+    return PassResult(graph, True, {"layers_pruned": len(report.get("layers", {})),
+                                    "channel_groups_pruned": len(report.get("channels", {}).get("groups", {}))})
+
+
+prune_pass.name, prune_pass.in_place = "prune", True
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(type(x).__name__)
+
+
+def _cache_key(graph: Graph, weights, channels, config: PruneConfig, calib: Dataset | None) -> str:
+    h = hashlib.sha256(to_bytes(graph))
+    h.update(json.dumps([sorted((k, v.label) for k, v in weights.items()), sorted(channels.items()),
+                         repr(config)]).encode())
+    if calib is not None:
+        for k in sorted(calib.inputs):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(calib.inputs[k][:config.calib_samples]).tobytes())
+    return "prune:" + h.hexdigest()

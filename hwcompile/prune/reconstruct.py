@@ -1,0 +1,215 @@
+"""Reconstruction without training: refit a pruned layer's kept weights by least squares.
+
+A layer computes ``y = W x`` before its bias, with ``x`` one input row (an im2col patch for Conv,
+a feature vector for Gemm/MatMul) and ``W`` its weight as ``[out, in]`` rows. With the mask ``S``
+fixed, every output row ``k`` solves ``min_w ||X'_S w - y_k||^2`` over its kept inputs only, where
+``X'`` holds the layer's inputs in the *current* (partly pruned) model and ``Y = X W_d^T`` the dense
+layer's outputs on the *reference* (dense) model's inputs, batch for batch. Only ``G = X'^T X'``
+and ``C = X'^T Y`` are needed, so both are streamed over calibration batches; the normal equations
+are solved by ``refit_from_gram`` (ridge ``lambda = ridge * mean diag G``). When the current model
+is the reference (one-shot), ``C = G W_d^T`` and one run suffices.
+
+Grouped convs are block diagonal: group ``j`` reads input columns ``[j d, (j+1) d)`` and writes
+rows ``[j k, (j+1) k)``, so ``G`` and ``C`` are kept per group (``[g, d, d]``, ``[g, d, k]``).
+Rows are subsampled at random positions from a generator seeded by (batch, layer), so memory is
+bounded, the result deterministic, and the current and reference models use the same positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from ..data import Dataset
+from ..errors import DataError, UnsupportedError
+from ..ir import Graph, const_array
+from ..quant.calibration import im2col
+from ..quant.collect import _session, run_with_outputs
+from ..quant.compensate import refit_from_gram, weight_to_rows, rows_to_weight
+
+__all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "relative_error"]
+
+
+@dataclass
+class LayerGram:
+    """Streamed least-squares statistics of one layer: ``G = X'^T X'``, ``C = X'^T Y``, ``tr(Y^T Y)``."""
+
+    layout: str
+    groups: int
+    G: np.ndarray          # [g, d, d]
+    C: np.ndarray          # [g, d, k]
+    yty: float
+    rows: int
+
+    def input_norms(self) -> np.ndarray:
+        """RMS of every input feature over the sampled rows, ``[g, d]`` (Wanda's ``||X_j||``, scaled)."""
+        diag = np.diagonal(self.G, axis1=1, axis2=2)
+        return np.sqrt(np.maximum(diag, 0.0) / max(self.rows, 1))
+
+
+def layer_layout(node: ir.Node) -> tuple[str, int]:
+    """(compensate layout, groups) of a layer whose weight can be refit; UnsupportedError otherwise."""
+    w = node.inputs[1]
+    ndim = len(w.shape) if w.shape is not None else 0
+    if node.op_type == "Conv" and ndim == 4:
+        g = node.attributes.get("group")
+        return "conv", g.as_int() if g is not None else 1
+    if node.op_type == "Gemm" and ndim == 2:
+        tb = node.attributes.get("transB")
+        return ("gemm_nt" if tb is not None and tb.as_int() else "matmul"), 1
+    if node.op_type == "MatMul" and ndim == 2:
+        return "matmul", 1
+    raise UnsupportedError(f"no least-squares refit for {node.op_type} with a {ndim}-D weight",
+                           where=f"node '{node.name}'", hint="2-D Conv, Gemm and MatMul with a 2-D weight are refit")
+
+
+def _sample(total: int, max_rows: int, seed: tuple[int, ...]) -> np.ndarray:
+    if total <= max_rows:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(list(seed)).choice(total, max_rows, replace=False))
+
+
+def layer_rows(node: ir.Node, x: np.ndarray, *, max_rows: int, seed: tuple[int, ...]) -> np.ndarray:
+    """The rows the layer multiplies its weight with (im2col patches for Conv), at most ``max_rows``.
+
+    Conv patches are built one sample at a time, so peak memory is one sample's im2col.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if node.op_type == "Conv":
+        first = im2col(x[:1], node)
+        per = first.shape[0]
+        idx = _sample(per * x.shape[0], max_rows, seed)
+        parts = []
+        for i in range(x.shape[0]):
+            sel = idx[(idx >= i * per) & (idx < (i + 1) * per)] - i * per
+            if sel.size:
+                parts.append((first if i == 0 else im2col(x[i:i + 1], node))[sel])
+        return np.concatenate(parts) if parts else np.zeros((0, first.shape[1]))
+    ta = node.attributes.get("transA")
+    rows = x.T if node.op_type == "Gemm" and ta is not None and ta.as_int() else x.reshape(-1, x.shape[-1])
+    return rows[_sample(len(rows), max_rows, seed)]
+
+
+def _grouped(rows: np.ndarray, groups: int) -> np.ndarray:
+    """[r, g*d] -> [g, r, d]."""
+    r = rows.shape[0]
+    return rows.reshape(r, groups, -1).transpose(1, 0, 2)
+
+
+def _weight_groups(node: ir.Node, layout: str, groups: int) -> np.ndarray:
+    """The weight as per-group rows ``[g, k, d]`` (float64)."""
+    rows = weight_to_rows(const_array(node.inputs[1]).astype(np.float64), layout)
+    return rows.reshape(groups, rows.shape[0] // groups, rows.shape[1])
+
+
+class _Accumulator:
+    def __init__(self, layout: str, groups: int):
+        self.layout, self.groups = layout, groups
+        self.G: np.ndarray | None = None
+        self.C: np.ndarray | None = None
+        self.yty, self.rows = 0.0, 0
+
+    def update(self, xr: np.ndarray, y: np.ndarray | None) -> None:
+        X = _grouped(xr, self.groups)                       # [g, r, d]
+        g = X.transpose(0, 2, 1) @ X
+        self.G = g if self.G is None else self.G + g
+        if y is not None:
+            Y = _grouped(y, self.groups)                    # [g, r, k]
+            c = X.transpose(0, 2, 1) @ Y
+            self.C = c if self.C is None else self.C + c
+            self.yty += float(np.sum(Y * Y))
+        self.rows += xr.shape[0]
+
+
+def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[Mapping[str, np.ndarray]], *,
+                  reference: Graph | None = None, out_keep: Mapping[str, np.ndarray] | None = None,
+                  max_rows: int = 2048, batch_size: int = 8, limit: int | None = 256) -> dict[str, LayerGram]:
+    """Stream ``G`` and ``C`` for each named layer over ``data``.
+
+    ``reference``: the dense model (same layer ids); the targets ``Y`` are its layer outputs on its
+    own inputs, computed batch by batch in lockstep. ``None``: the current model is the reference
+    (``C = G W^T`` with the current weight). ``out_keep[layer]``: the reference output channels
+    the current layer still has (channel pruning removed the others).
+    """
+    names = list(dict.fromkeys(layers))
+    nodes = [graph.node(n) for n in names]
+    specs = {n.name: layer_layout(n) for n in nodes}
+    accs = {n.name: _Accumulator(*specs[n.name]) for n in nodes}
+    graph_inputs = [v.name for v in graph.main.inputs]
+    wanted = list(dict.fromkeys(n.inputs[0].name for n in nodes if n.inputs[0].name not in graph_inputs))
+    ref_nodes, ref_sess, ref_wanted, ref_w = {}, None, [], {}
+    if reference is not None:
+        ref_nodes = {n: reference.node(n) for n in names}
+        ref_inputs = {v.name for v in reference.main.inputs}
+        ref_wanted = list(dict.fromkeys(r.inputs[0].name for r in ref_nodes.values()
+                                        if r.inputs[0].name not in ref_inputs))
+        ref_sess = _session(reference, ref_wanted)
+        ref_w = {n: _weight_groups(r, *layer_layout(r)) for n, r in ref_nodes.items()}
+    batch = [0]
+
+    def visit(values: Mapping[str, np.ndarray]) -> None:
+        b = batch[0]
+        batch[0] += 1
+        ref_vals = {}
+        if ref_sess is not None:
+            feeds = {k: values[k] for k in graph_inputs}
+            ref_vals = {**feeds, **dict(zip(ref_wanted, ref_sess.run(ref_wanted, feeds)))}
+        for i, node in enumerate(nodes):
+            seed = (b, i)
+            xr = layer_rows(node, values[node.inputs[0].name], max_rows=max_rows, seed=seed)
+            y = None
+            if ref_sess is not None:
+                rnode = ref_nodes[node.name]
+                rr = layer_rows(rnode, ref_vals[rnode.inputs[0].name], max_rows=max_rows, seed=seed)
+                if rr.shape[0] != xr.shape[0]:
+                    raise DataError(f"reference gives {rr.shape[0]} rows, pruned model {xr.shape[0]}",
+                                    where=f"node '{node.name}'")
+                wg = ref_w[node.name]                                    # [g, k, d]
+                y = (_grouped(rr, wg.shape[0]) @ wg.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(len(rr), -1)
+                if out_keep is not None and node.name in out_keep:
+                    y = y[:, out_keep[node.name]]
+            accs[node.name].update(xr, y)
+
+    run_with_outputs(graph, data, wanted, visit, batch_size=batch_size, limit=limit)
+    out: dict[str, LayerGram] = {}
+    for node in nodes:
+        acc = accs[node.name]
+        layout, groups = specs[node.name]
+        if reference is None:
+            wg = _weight_groups(node, layout, groups)
+            acc.C = acc.G @ wg.transpose(0, 2, 1)
+            acc.yty = float(np.sum(wg * (wg @ acc.G)))
+        elif acc.C.shape[2] != _weight_groups(node, layout, groups).shape[1]:
+            raise DataError(f"reference layer gives {acc.C.shape[2] * groups} outputs, the pruned layer has "
+                            f"{_weight_groups(node, layout, groups).shape[1] * groups}", where=f"node '{node.name}'",
+                            hint="pass out_keep for channel-pruned layers")
+        out[node.name] = LayerGram(layout, groups, acc.G, acc.C, acc.yty, acc.rows)
+    return out
+
+
+def refit_weight(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None, *,
+                 ridge: float = 1e-3) -> np.ndarray:
+    """The weight (shape and dtype of ``w``) whose mask-kept entries solve the least-squares refit;
+    entries outside ``mask`` are exactly 0. ``mask=None`` refits every entry."""
+    w = np.asarray(w)
+    rows = weight_to_rows(w, gram.layout)
+    k, d = rows.shape[0] // gram.groups, rows.shape[1]
+    mrows = None if mask is None else weight_to_rows(np.asarray(mask, dtype=bool), gram.layout)
+    new = np.zeros(rows.shape, dtype=np.float64)
+    for j in range(gram.groups):
+        sl = slice(j * k, (j + 1) * k)
+        new[sl] = refit_from_gram(gram.G[j], gram.C[j], None if mrows is None else mrows[sl], ridge)
+    if d != gram.G.shape[1]:
+        raise DataError(f"weight has {d} inputs per group, Gram matrix {gram.G.shape[1]}", where="refit_weight")
+    return rows_to_weight(new, gram.layout, w.shape).astype(w.dtype)
+
+
+def relative_error(w: np.ndarray, gram: LayerGram) -> float:
+    """``||X' W^T - Y||^2 / ||Y||^2`` on the sampled rows, from ``G``, ``C`` and ``tr(Y^T Y)``."""
+    rows = weight_to_rows(np.asarray(w, dtype=np.float64), gram.layout)
+    wg = rows.reshape(gram.groups, -1, rows.shape[1])                    # [g, k, d]
+    quad = float(np.sum(wg * (wg @ gram.G)))
+    cross = float(np.sum(wg * gram.C.transpose(0, 2, 1)))
+    return max(quad - 2.0 * cross + gram.yty, 0.0) / max(gram.yty, 1e-300)

@@ -1,0 +1,257 @@
+"""Pruning schedules: when masks are chosen and when layers are refit.
+
+- **one-shot**: score every layer on the dense model, mask, refit each layer from one pass of
+  dense activations (``C = G W^T``).
+- **gradual** (``steps`` = k): the target sparsity is reached in k steps (ratio ``r s / k``; N:M
+  lowers N one notch at a time); after each step every layer is refit on the partly pruned model's
+  own activations against the dense model's outputs; masks nest (a pruned weight stays pruned).
+- **iterative**: layer by layer in topological order, each layer scored and refit on the inputs
+  produced by the already pruned (and refit) layers before it -- sequential, like SparseGPT.
+
+Channel pruning follows the same three schedules over channel groups (gradual: a group's kept
+count falls from C to ``C - round(r C)`` in k steps; iterative: one group at a time), and refits
+the *sinks* (the layers reading the removed channels) after each change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import networkx as nx
+import numpy as np
+
+from ..data import Dataset
+from ..errors import ConfigError
+from ..ir import Graph, const_array
+from .channels import analyze_channels, apply_channel_keep, channel_importance, channel_rms, set_const
+from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, relative_error
+from .semistructured import WeightTarget, global_ratios, importance, layer_mask
+
+__all__ = ["SCHEDULES", "PruneConfig", "prune_weights", "prune_channels"]
+
+SCHEDULES = ("one-shot", "gradual", "iterative")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune; read from ``plan.notes`` keys ``prune_<field>`` (e.g. ``prune_schedule``)."""
+
+    schedule: str = "one-shot"
+    steps: int = 3                       # gradual: number of steps
+    global_: bool = False                # unstructured: one threshold over all layers (note 'prune_global')
+    importance: str = "auto"             # auto | magnitude | wanda   (auto: wanda with calibration data)
+    channel_importance: str = "auto"     # auto | l1 | l2 | activation (auto: activation with data)
+    reconstruct: bool = True             # least-squares refit when calibration data is given
+    ridge: float = 1e-3                  # refit damping, relative to mean diag(X^T X)
+    max_rows: int = 2048                 # rows sampled per layer and batch
+    calib_samples: int = 256
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
+                  "importance": self.importance in ("auto", "magnitude", "wanda"),
+                  "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
+                  "ridge": self.ridge >= 0, "max_rows": self.max_rows >= 1,
+                  "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1}
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"invalid value {getattr(self, key)!r}", where=f"plan.notes.prune_{key.rstrip('_')}",
+                                  hint=f"schedules: {SCHEDULES}" if key == "schedule" else None)
+
+    @classmethod
+    def from_notes(cls, notes: Mapping[str, Any]) -> "PruneConfig":
+        known = {f"prune_{f.name.rstrip('_')}": f.name for f in fields(cls)}
+        unknown = sorted(k for k in notes if k.startswith("prune_") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown pruning option(s) {unknown}", where="plan.notes", hint=f"known: {sorted(known)}")
+        return cls(**{known[k]: v for k, v in notes.items() if k in known})
+
+    def weight_method(self, calib) -> str:
+        return ("wanda" if calib is not None else "magnitude") if self.importance == "auto" else self.importance
+
+    def channel_method(self, calib) -> str:
+        if self.channel_importance == "auto":
+            return "activation" if calib is not None else "l1"
+        return self.channel_importance
+
+
+# -- weight-level (N:M, unstructured) ---------------------------------------------------------
+def prune_weights(graph: Graph, targets: Mapping[str, WeightTarget], calib: Dataset | None,
+                  config: PruneConfig) -> dict[str, dict]:
+    """Prune and (with ``calib``) refit every layer in ``targets`` in place; returns a report per layer."""
+    order = [n.name for n in graph.layers() if n.name in targets]
+    targets = dict(targets)
+    needs_data = calib is not None and (config.reconstruct or config.weight_method(calib) == "wanda")
+    if config.weight_method(calib) == "wanda" and calib is None:
+        raise ConfigError("Wanda importance needs calibration data", where="plan.notes.prune_importance",
+                          hint="pass --calib or use prune_importance=magnitude")
+    report: dict[str, dict] = {n: {"target": targets[n].label} for n in order}
+    masks: dict[str, np.ndarray] = {}
+    if config.global_:
+        _globalize(graph, targets, order, calib if needs_data else None, config, report)
+    reference = graph.clone() if needs_data and config.schedule != "one-shot" else None
+    if config.schedule == "one-shot":
+        _weight_round(graph, None, {n: targets[n] for n in order}, calib if needs_data else None, config, masks, report)
+    elif config.schedule == "gradual":
+        for s in range(1, config.steps + 1):
+            step = {n: targets[n].step(s, config.steps) for n in order}
+            _weight_round(graph, reference if s > 1 else None, step, calib if needs_data else None, config, masks,
+                          report)
+    else:
+        for i, n in enumerate(order):
+            _weight_round(graph, reference if i > 0 else None, {n: targets[n]}, calib if needs_data else None,
+                          config, masks, report)
+    for n in order:
+        report[n]["sparsity"] = float(1.0 - masks[n].mean())
+    return report
+
+
+def _refittable(graph: Graph, name: str) -> bool:
+    try:
+        layer_layout(graph.node(name))
+        return True
+    except Exception:
+        return False
+
+
+def _grams(graph, reference, names, calib, config) -> dict[str, LayerGram]:
+    names = [n for n in names if _refittable(graph, n)]
+    if calib is None or not names:
+        return {}
+    return collect_grams(graph, names, calib, reference=reference, max_rows=config.max_rows,
+                         batch_size=config.batch_size, limit=config.calib_samples)
+
+
+def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, config, masks, report) -> None:
+    grams = _grams(graph, reference, list(step), calib, config)
+    wanda = config.weight_method(calib) == "wanda"
+    for name, target in step.items():
+        node = graph.node(name)
+        wv = node.inputs[1]
+        w = const_array(wv)
+        gram = grams.get(name)
+        mask = layer_mask(node, w, target, importance(w, gram if wanda else None), masks.get(name))
+        masks[name] = mask
+        if gram is not None and config.reconstruct and not mask.all():
+            new = refit_weight(w, gram, mask, ridge=config.ridge)
+            report[name]["error_masked"] = relative_error(np.where(mask, w, 0), gram)
+            report[name]["error_refit"] = relative_error(new, gram)
+            report[name]["reconstructed"] = True
+        else:
+            new = np.where(mask, w, np.zeros_like(w))
+            report[name].setdefault("reconstructed", False)
+        if not np.array_equal(new, w):
+            graph.replace_initializer(wv, new.astype(w.dtype))
+
+
+def _globalize(graph, targets, order, calib, config, report) -> None:
+    """Replace unstructured targets by the per-layer ratios of one global threshold per ratio."""
+    by_ratio: dict[float, list[str]] = {}
+    for n in order:
+        if targets[n].kind == "unstructured":
+            by_ratio.setdefault(targets[n].ratio, []).append(n)
+    wanda = config.weight_method(calib) == "wanda"
+    grams = _grams(graph, None, [n for ns in by_ratio.values() for n in ns], calib, config) if wanda else {}
+    for ratio, names in by_ratio.items():
+        weights = {n: const_array(graph.node(n).inputs[1]) for n in names}
+        scores = {n: importance(weights[n], grams.get(n)) for n in names}
+        for n, r in global_ratios(weights, scores, ratio).items():
+            targets[n] = WeightTarget("unstructured", ratio=r)
+            report[n]["global_ratio"] = r
+
+
+# -- channels ---------------------------------------------------------------------------------
+def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | None, config: PruneConfig,
+                   skipped: dict[str, str]) -> dict[str, dict]:
+    """Remove output channels of the Conv layers in ``ratios`` (and of the groups they belong to) in
+    place, refitting the sinks with ``calib``. Declined layers go to ``skipped`` with the reason."""
+    method = config.channel_method(calib)
+    if method == "activation" and calib is None:
+        raise ConfigError("activation-aware channel importance needs calibration data",
+                          where="plan.notes.prune_channel_importance", hint="pass --calib or use l1")
+    reference = graph.clone() if calib is not None and config.reconstruct else None
+    orig_keep: dict[str, np.ndarray] = {}     # reference output channels each shrunk Conv still has
+    report: dict[str, dict] = {"groups": {}, "refit": {}}
+    first = {key: c for key, c in _eligible(graph, analyze_channels(graph), ratios, skipped)}
+    keys = sorted(first, key=lambda k: min(_position(graph, p) for p in k))
+    if config.schedule == "gradual":   # (groups, fraction of the target reached after the round)
+        rounds = [(keys, s / config.steps) for s in range(1, config.steps + 1)]
+    elif config.schedule == "iterative":
+        rounds = [([k], 1.0) for k in keys]
+    else:
+        rounds = [(keys, 1.0)]
+    for selected, frac in rounds:
+        ana = analyze_channels(graph)
+        keep, sinks = {}, []
+        rms = None
+        groups = {g.key: g for g in ana.groups.values() if g.key in selected}
+        if method == "activation":
+            values = list(dict.fromkeys(graph.node(s_).inputs[0].name for g in groups.values() for s_ in g.sinks))
+            rms = channel_rms(graph, values, calib, batch_size=config.batch_size, limit=config.calib_samples)
+        for key, g in groups.items():
+            c0, ratio = first[key]
+            n_keep = max(1, c0 - int(round(ratio * c0 * frac)))
+            if n_keep >= g.channels:
+                continue
+            m = method if (method != "activation" or g.sinks) else "l1"
+            score = channel_importance(graph, ana, g, m, rms)
+            keep[g.gid] = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+            sinks += [x for x in g.sinks if x not in sinks]
+            entry = report["groups"].setdefault(",".join(key), {"producers": list(key), "channels": c0, "ratio": ratio})
+            entry.update(kept=n_keep, sinks=list(g.sinks), importance=m)
+        if not keep:
+            continue
+        for name, idx in apply_channel_keep(graph, ana, keep).items():
+            orig_keep[name] = orig_keep[name][idx] if name in orig_keep else idx
+        for key in groups:
+            if ",".join(key) in report["groups"] and key[0] in orig_keep:
+                report["groups"][",".join(key)]["kept_channels"] = orig_keep[key[0]].tolist()
+        if reference is not None and sinks:
+            _refit_sinks(graph, reference, sinks, calib, config, orig_keep, report)
+    return report
+
+
+def _eligible(graph, ana, ratios, skipped):
+    for g in ana.groups.values():
+        asked = {p: ratios.get(p) for p in g.producers}
+        if all(r is None for r in asked.values()):
+            continue
+        why = list(g.reasons)
+        dense = [p for p, r in asked.items() if r is None]
+        if dense:
+            why.append(f"Conv {dense} in the same channel group is not planned for channel pruning")
+        if why:
+            for p in g.producers:
+                skipped[p] = "; ".join(why)
+            continue
+        yield g.key, (g.channels, min(asked.values()))
+
+
+def _position(graph: Graph, name: str) -> int:
+    return next(i for i, n in enumerate(graph.main) if n.name == name)
+
+
+def _refit_sinks(graph, reference, sinks, calib, config, orig_keep, report) -> None:
+    """Refit the sinks in waves: a wave holds sinks none of which feeds another, so each sink is fit on
+    inputs produced by the already refit sinks upstream (one calibration pass per wave)."""
+    nxg = graph.to_networkx()
+    todo = sorted((n for n in sinks if _refittable(graph, n)), key=lambda n: _position(graph, n))
+    while todo:
+        wave: list[str] = []
+        for n in todo:
+            if not any(w in nx.ancestors(nxg, n) for w in wave):
+                wave.append(n)
+        todo = [n for n in todo if n not in wave]
+        _refit_wave(graph, reference, wave, calib, config, orig_keep, report)
+
+
+def _refit_wave(graph, reference, names, calib, config, orig_keep, report) -> None:
+    grams = collect_grams(graph, names, calib, reference=reference, out_keep=orig_keep, max_rows=config.max_rows,
+                          batch_size=config.batch_size, limit=config.calib_samples)
+    for name in names:
+        node = graph.node(name)
+        w = const_array(node.inputs[1])
+        new = refit_weight(w, grams[name], None, ridge=config.ridge)
+        report["refit"][name] = {"error_sliced": relative_error(w, grams[name]),
+                                 "error_refit": relative_error(new, grams[name])}
+        set_const(graph, node, 1, new)

@@ -1,0 +1,431 @@
+"""Mixed precision: sensitivity -> measured latency -> MILP -> build, measure, correct, re-solve.
+
+``plan_mixed`` is what ``--precision mixed`` runs (called by ``pipeline.compile_model``):
+
+1. **Sensitivity** (``analysis.sensitivity``): each layer's output damage alone under each
+   candidate, ``D_ic = 10^(-snr_ic/10)``.
+2. **Uniform builds** (``search.latency``): every candidate as a uniform plan, lowered, profiled per
+   layer (per-layer times cached on disk) and evaluated: the ``uniform`` reference points.
+3. **Solve** (``search.milp``) with the objective the options ask for:
+   - ``--max-accuracy-drop`` given, or no budget at all: minimize latency under an accuracy floor
+     (and any budgets). The drop is in **points of the metric** for top1/top5 (1.0 = one percentage
+     point) and, for the snr metric, a relative RMS output error in percent, i.e. the floor
+     ``SNR >= -20 log10(drop / 100)`` (1 % -> 40 dB). **Default without budgets: top1 (top5) drop
+     <= 1 point when the evaluation data has labels, else output SNR >= 30 dB.**
+   - only ``--latency-budget`` (ms) and/or ``--size-budget`` (MB = 10^6 bytes): minimize predicted
+     output noise under the budgets.
+   The MILP predicts SNR, not top1. A top1 drop is mapped to an SNR floor calibrated on measured
+   builds, assuming top1 does not fall as SNR rises: the floor is 0.5 dB above the highest
+   measured SNR of any build that broke the drop, or, while none did, the lowest measured SNR of
+   the builds that kept it. Every new measurement refines the floor.
+4. **Feedback**: the chosen plan is built and measured end to end (latency, size, metrics). The
+   latency model is corrected for what per-layer figures miss: ``measured - predicted = L0 + t*b``
+   with ``b`` the number of layer-to-layer edges whose endpoints take different candidates
+   (conversions at precision boundaries) and ``t >= 0``, least squares over every measured plan;
+   predicted noise is scaled by ``k`` = geometric mean of measured/predicted noise; the size
+   offset is the mean measured artifact size minus predicted weight bytes. Re-solve; stop when
+   the plan repeats, or the predicted latency is within 5 % of the measured one and the plan meets
+   the accuracy constraint, or after ``max_iterations`` (4).
+5. **Sweep**: a few latency budgets between the fastest prediction and FP32 give more measured
+   points; the Pareto front (latency vs the accuracy metric) is drawn from all measured points.
+6. **Choose** the best measured plan meeting every constraint and not slower than the FP32 build
+   (FP32 with the reason if none is); every layer's ``LayerChoice.reason`` says why.
+
+The best plan so far and the Pareto front are saved after every measurement to
+``<tmp>/search/progress.json`` (atomic), so an interrupted run still leaves a result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..analysis.sensitivity import SensitivityTable, layer_sensitivity
+from ..backends.base import Artifact, Backend
+from ..data import Dataset
+from ..errors import ConfigError, DataError, HwcompileError
+from ..ir import Graph
+from ..metrics import snr_db
+from ..plan import LayerChoice, PrecisionPlan, write_text_atomic
+from ..targets import Target
+from .candidates import FP32, Candidate, applicable, parse_candidate, target_candidates, weight_bytes
+from .latency import measure_latency
+from .milp import Problem, Solution, pareto_front, predict, snr_from_noise, solve
+
+__all__ = ["SearchOptions", "plan_mixed", "DEFAULT_TOP1_DROP", "DEFAULT_MIN_SNR_DB"]
+
+DEFAULT_TOP1_DROP = 1.0     # points of top1/top5 when labels exist
+DEFAULT_MIN_SNR_DB = 30.0   # otherwise
+_MARGIN_DB = 0.5
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    samples: int = 32                  # calibration samples scoring the sensitivity
+    max_iterations: int = 4
+    tolerance: float = 0.05            # predicted vs measured latency, relative
+    sweep: int = 3                     # extra latency budgets for the Pareto front
+    candidates: tuple[str, ...] | None = None
+    use_cache: bool = True
+    keep_builds: bool = False
+
+
+def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, calib: Dataset | None,
+               eval_set: Dataset | None, options: Any, baseline: dict | None, reference: list | None, tmp: Path,
+               progress: Callable[[str], None] = lambda s: None,
+               search: SearchOptions | None = None) -> tuple[PrecisionPlan, dict]:
+    """Search a per-layer plan (see the module docstring); returns (plan, search_info)."""
+    if calib is None:
+        raise DataError("mixed precision needs calibration data", where="--calib")
+    return _Search(graph, plan, target, backend, calib, eval_set or calib.take(min(len(calib), 64)), options,
+                   reference, Path(tmp), progress, search or SearchOptions()).run()
+
+
+class _Search:
+    def __init__(self, graph, plan, target, backend, calib, eval_set, options, reference, tmp, progress, so):
+        from ..pipeline import _profile_feeds
+
+        self.g, self.base, self.target, self.backend = graph, plan, target, backend
+        self.calib, self.eval, self.opt, self.ref, self.so = calib, eval_set, options, reference, so
+        self.progress = progress
+        self.work = tmp / "search"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.cache: dict = {}
+        self.feeds = _profile_feeds(graph, eval_set)
+        labels = eval_set.labels is not None and getattr(options, "metric", None) != "snr"
+        self.metric = (getattr(options, "metric", None) or "top1") if labels else "snr_db"
+        self.layers = graph.layers()
+        self.ids = [n.name for n in self.layers]
+        self.points: list[dict] = []
+        self.feedback: list[dict] = []
+        self.uniform: list[dict] = []
+        self.problem: Problem | None = None
+        self.corr = {"latency_offset_ms": 0.0, "boundary_ms": 0.0, "damage_scale": 1.0, "size_offset_bytes": 0.0}
+        self.lat_budget = getattr(options, "latency_budget_ms", None)
+        size_mb = getattr(options, "size_budget_mb", None)
+        self.size_budget = None if size_mb is None else size_mb * 1e6
+        drop = getattr(options, "max_accuracy_drop", None)
+        if drop is not None and drop < 0:
+            raise ConfigError("the allowed accuracy drop must be >= 0", where="--max-accuracy-drop")
+        self.objective = "latency" if drop is not None or (self.lat_budget is None and self.size_budget is None) \
+            else "damage"
+        self.drop = drop if drop is not None else (DEFAULT_TOP1_DROP if self.metric != "snr_db" else None)
+        self.snr_floor = (DEFAULT_MIN_SNR_DB if drop is None else
+                          (200.0 if drop <= 0 else min(200.0, -20.0 * math.log10(drop / 100.0))))
+        self.accuracy_constrained = self.objective == "latency"
+
+    # -- stages ----------------------------------------------------------------------------
+    def run(self) -> tuple[PrecisionPlan, dict]:
+        cands = target_candidates(self.target, list(self.so.candidates) if self.so.candidates else None)
+        cands = [c for c in cands if c == FP32 or any(applicable(self.g, n, c) for n in self.layers)]
+        if not self.layers:
+            return self._finish(None, "the model has no Conv/Gemm/MatMul layer with a constant weight")
+        sens = layer_sensitivity(self.g, self.target, self.backend, self.calib, [c.name for c in cands],
+                                 self.so.samples, self.progress, self.cache, self.base.quant)
+        self.sens = sens
+        self.lat = measure_latency(self.g, self.target, self.backend, cands, self.feeds, self.work,
+                                   calib=self.calib, quant=self.base.quant, repeats=self.opt.repeats,
+                                   warmup=self.opt.warmup, cache=self.cache, use_cache=self.so.use_cache,
+                                   visit=self._visit_uniform, progress=self.progress)
+        self.problem = self._problem(sens, [c for c in cands if c.name in self.lat.layers])
+        self._fit()
+        self._save("uniform")
+        converged = self._feedback_loop()
+        self._sweep()
+        return self._finish(converged, None)
+
+    def _visit_uniform(self, cand: Candidate, art: Artifact, prof) -> None:
+        from ..pipeline import _artifact_size, evaluate
+
+        metrics, outs = evaluate(self.backend, art, self.target, self.eval, self.g, self.ref, self.opt.metric)
+        if self.ref is None and cand == FP32:
+            self.ref = outs
+            metrics["snr_db"] = snr_db(outs, outs)
+        point = {"source": f"uniform:{cand.name}", "name": cand.name, "latency_ms": prof.timing.latency_ms,
+                 "latency_ms_spread": prof.timing.latency_ms_spread, "size_bytes": _artifact_size(art),
+                 "metrics": metrics, "assignment": self._uniform_assignment(cand)}
+        self.uniform.append({k: point[k] for k in ("name", "latency_ms", "latency_ms_spread", "size_bytes", "metrics")})
+        self.points.append(point)
+        self._discard(art.directory)
+        self._save(f"uniform {cand.name}")
+
+    def _feedback_loop(self) -> str:
+        for it in range(1, self.so.max_iterations + 1):
+            try:
+                sol = self._solve(self.objective, self.lat_budget)
+            except ConfigError:
+                if it == 1:
+                    raise
+                return "no plan meets the constraints after correction; keeping the best measured"
+            seen = self._measured(sol.assignment)
+            if seen is not None:
+                self._log_feedback(it, sol, seen, repeated=True)
+                return f"plan repeated at iteration {it}"
+            point = self._measure(sol, f"iteration {it}")
+            self._log_feedback(it, sol, point, repeated=False)
+            self._fit()
+            self._save(f"iteration {it}")
+            close = abs(sol.predicted_latency_ms - point["latency_ms"]) <= self.so.tolerance * point["latency_ms"]
+            if close and self._accuracy_ok(point):
+                return f"prediction within {100 * self.so.tolerance:.0f}% of measurement at iteration {it}"
+        return f"iteration budget ({self.so.max_iterations}) reached"
+
+    def _sweep(self) -> None:
+        try:
+            fast = self._solve("latency", None, floor=False).predicted_latency_ms
+        except ConfigError:
+            return
+        slow = predict(self._corrected(), {l: "fp32" for l in self.ids}).predicted_latency_ms
+        for k, budget in enumerate(np.linspace(fast, slow, self.so.sweep + 2)[1:-1], 1):
+            try:
+                sol = self._solve("damage", float(budget), floor=False)
+            except ConfigError:
+                continue
+            if self._measured(sol.assignment) is None:
+                self._measure(sol, f"sweep {k}")
+                self._fit()
+                self._save(f"sweep {k}")
+
+    # -- model -----------------------------------------------------------------------------
+    def _problem(self, sens: SensitivityTable, cands: list[Candidate]) -> Problem:
+        names = [c.name for c in cands]
+        dmg = np.full((len(self.ids), len(names)), np.nan)
+        size = np.zeros_like(dmg)
+        compressed = self.target.backend == "tensorrt"
+        for i, node in enumerate(self.layers):
+            for j, c in enumerate(cands):
+                row = sens.lookup(node.name, c.name)
+                dmg[i, j] = 0.0 if c == FP32 else (row.damage if row is not None else np.nan)
+                size[i, j] = weight_bytes(self.g, node, c, block=self.base.quant.int4_block_size,
+                                          compressed_sparse=compressed)
+        lat = self.lat.costs(self.ids, names)
+        dmg[np.isnan(lat)] = np.nan
+        return Problem(self.ids, names, dmg, np.nan_to_num(lat, nan=0.0), size, edges=_layer_edges(self.g))
+
+    def _corrected(self) -> Problem:
+        return dataclasses.replace(self.problem, **self.corr)
+
+    def _floor(self) -> float | None:
+        if not self.accuracy_constrained:
+            return None
+        if self.metric == "snr_db":
+            return self.snr_floor
+        bad = [p["metrics"]["snr_db"] for p in self.points if not self._accuracy_ok(p)]
+        good = [p["metrics"]["snr_db"] for p in self.points if self._accuracy_ok(p)]
+        if bad:
+            return min(200.0, max(bad) + _MARGIN_DB)
+        return min(good) if good else None
+
+    def _solve(self, minimize: str, lat_budget: float | None, floor: bool = True) -> Solution:
+        return solve(self._corrected(), minimize=minimize, latency_budget_ms=lat_budget,
+                     size_budget_bytes=self.size_budget, min_snr_db=self._floor() if floor else None)
+
+    def _fit(self) -> None:
+        """Least-squares corrections from every measured plan (module docstring, step 4)."""
+        raw = dataclasses.replace(self.problem, boundary_ms=0.0, latency_offset_ms=0.0, size_offset_bytes=0.0,
+                                  damage_scale=1.0)
+        preds = [predict(raw, p["assignment"]) for p in self.points]
+        r = np.array([p["latency_ms"] - s.predicted_latency_ms for p, s in zip(self.points, preds)])
+        b = np.array([s.boundaries for s in preds], dtype=float)
+        c0, t = float(np.mean(r)), 0.0
+        if np.ptp(b) > 0:
+            (t, c0), *_ = np.linalg.lstsq(np.stack([b, np.ones_like(b)], 1), r, rcond=None)
+            if t < 0:
+                c0, t = float(np.mean(r)), 0.0
+        ratios = [np.log(10 ** (-p["metrics"]["snr_db"] / 10) / s.predicted_noise) for p, s in zip(self.points, preds)
+                  if s.predicted_noise > 1e-18 and p["metrics"].get("snr_db", 200.0) < 199.0]
+        k = float(np.exp(np.clip(np.mean(ratios), -np.log(100), np.log(100)))) if ratios else 1.0
+        size_off = float(np.mean([p["size_bytes"] - s.predicted_size_bytes for p, s in zip(self.points, preds)]))
+        self.corr = {"latency_offset_ms": float(c0), "boundary_ms": float(t), "damage_scale": k,
+                     "size_offset_bytes": size_off}
+
+    # -- measurements ------------------------------------------------------------------------
+    def _measure(self, sol: Solution, source: str) -> dict:
+        from ..pipeline import _artifact_size, build, evaluate
+
+        self.progress(f"search: build {source}")
+        out = Path(tempfile.mkdtemp(prefix="plan-", dir=self.work))
+        _, art = build(self.g, self._plan(sol.assignment, None), self.target, self.backend, out, self.calib,
+                       cache=self.cache)
+        prof = self.backend.profile(art, self.target, self.feeds, repeats=self.opt.repeats, warmup=self.opt.warmup,
+                                    per_layer=False)
+        metrics, _ = evaluate(self.backend, art, self.target, self.eval, self.g, self.ref, self.opt.metric)
+        point = {"source": source, "latency_ms": prof.timing.latency_ms,
+                 "latency_ms_spread": prof.timing.latency_ms_spread, "size_bytes": _artifact_size(art),
+                 "metrics": metrics, "assignment": dict(sol.assignment), "predicted": sol.to_dict()}
+        point["predicted"].pop("assignment")
+        self.points.append(point)
+        self._discard(out)
+        return point
+
+    def _log_feedback(self, it: int, sol: Solution, point: dict, repeated: bool) -> None:
+        self.feedback.append({"iteration": it, "predicted_latency_ms": sol.predicted_latency_ms,
+                              "measured_latency_ms": point["latency_ms"], "predicted_snr_db": sol.predicted_snr_db,
+                              "metrics": point["metrics"], "size_bytes": point["size_bytes"],
+                              "boundaries": sol.boundaries, "plan_summary": _summary(sol.assignment),
+                              "repeated": repeated, "corrections": dict(self.corr)})
+
+    def _measured(self, assignment: dict[str, str]) -> dict | None:
+        return next((p for p in self.points if p["assignment"] == assignment), None)
+
+    def _uniform_assignment(self, cand: Candidate) -> dict[str, str]:
+        return {n.name: cand.name if applicable(self.g, n, cand) else "fp32" for n in self.layers}
+
+    def _discard(self, directory: Path) -> None:
+        if not self.so.keep_builds:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # -- choice ----------------------------------------------------------------------------
+    def _fp32_point(self) -> dict | None:
+        return next((p for p in self.points if p["source"] == "uniform:fp32"), None)
+
+    def _accuracy_ok(self, p: dict) -> bool:
+        if self.metric == "snr_db":
+            return p["metrics"].get("snr_db", 200.0) >= self.snr_floor - 1e-9
+        ref = self._fp32_point()
+        base = ref["metrics"].get(self.metric) if ref else None
+        val = p["metrics"].get(self.metric)
+        return base is None or val is None or 100.0 * (base - val) <= self.drop + 1e-9
+
+    def _budget_ok(self, p: dict) -> bool:
+        return (self.lat_budget is None or p["latency_ms"] <= self.lat_budget) and \
+               (self.size_budget is None or p["size_bytes"] <= self.size_budget)
+
+    def _best(self) -> tuple[dict | None, str | None]:
+        """(best valid point, why FP32 was chosen instead) - module docstring, step 6."""
+        fp32 = self._fp32_point()
+        if fp32 is None:
+            return None, "FP32 was not measured"
+        ok_acc = [p for p in self.points if p["latency_ms"] <= fp32["latency_ms"]
+                  and (not self.accuracy_constrained or self._accuracy_ok(p))]
+        valid = [p for p in ok_acc if self._budget_ok(p)]
+        if self.objective == "latency":
+            key = lambda p: (p["latency_ms"], -p["metrics"].get("snr_db", 200.0))
+        else:
+            key = lambda p: (-p["metrics"].get(self.metric, 0.0), -p["metrics"].get("snr_db", 200.0), p["latency_ms"])
+        if valid:
+            return min(valid, key=key), None
+        if ok_acc and min(ok_acc, key=lambda p: p["latency_ms"]) is not fp32:
+            p = min(ok_acc, key=lambda p: p["latency_ms"])
+            return p, "no measured plan met the budget; chose the fastest one that keeps the accuracy"
+        return fp32, "every measured plan was slower than FP32 or broke a constraint"
+
+    def _plan(self, assignment: dict[str, str] | None, fallback: str | None) -> PrecisionPlan:
+        reasons = self._reasons(assignment) if assignment and self.problem and not fallback else {}
+        layers = {}
+        for lid in self.ids:
+            c = parse_candidate(assignment[lid]) if assignment else FP32
+            why = reasons.get(lid) or (f"fp32: {fallback}" if fallback else f"{c.name}: chosen by the search")
+            layers[lid] = c.choice(why)
+        return PrecisionPlan(default=self.base.default, layers=layers, quant=self.base.quant, model=self.base.model,
+                             target=self.base.target, notes=dict(self.base.notes))
+
+    def _reasons(self, a: dict[str, str]) -> dict[str, str]:
+        p = self._corrected()
+        noise = predict(p, a).predicted_noise
+        fp = p.candidates.index("fp32")
+        out = {}
+        for i, lid in enumerate(self.ids):
+            j = p.candidates.index(a[lid])
+            alone = lambda c: snr_from_noise(p.damage[i, c])
+            if j != fp:
+                saved = p.latency[i, fp] - p.latency[i, j]
+                cost = snr_from_noise(noise - p.damage_scale * p.damage[i, j]) - snr_from_noise(noise)
+                verb = "saves" if saved >= 0 else "adds"
+                out[lid] = (f"{a[lid]}: {verb} {abs(saved):.4f} ms, SNR cost {cost:.2f} dB "
+                            f"(layer alone {alone(j):.1f} dB)")
+                continue
+            alts = [c for c in range(len(p.candidates)) if c != fp and p.allowed[i, c]
+                    and p.latency[i, c] < p.latency[i, fp]]
+            if not alts:
+                out[lid] = "fp32: no candidate measured faster for this layer"
+                continue
+            c = min(alts, key=lambda c: p.latency[i, c])
+            cost = snr_from_noise(noise) - snr_from_noise(noise + p.damage_scale * p.damage[i, c])
+            out[lid] = (f"fp32: {p.candidates[c]} would save {p.latency[i, fp] - p.latency[i, c]:.4f} ms "
+                        f"but cost {cost:.2f} dB SNR (layer alone {alone(c):.1f} dB)")
+        return out
+
+    # -- outputs ---------------------------------------------------------------------------
+    def _pareto(self) -> list[dict]:
+        front = pareto_front(self.points, y=lambda p: p["metrics"].get(self.metric))
+        return [{"latency_ms": p["latency_ms"], "size_bytes": p["size_bytes"], "metrics": p["metrics"],
+                 "plan_summary": _summary(p["assignment"]), "source": p["source"]} for p in front]
+
+    def _info(self, best: dict | None, fallback: str | None, converged: str | None) -> dict:
+        rule = ("top1/top5 drop in points, mapped to an SNR floor calibrated on measured builds"
+                if self.metric != "snr_db" else "output SNR floor in dB")
+        search = {"objective": f"minimize {'latency' if self.objective == 'latency' else 'output noise'}",
+                  "latency_budget_ms": self.lat_budget, "size_budget_bytes": self.size_budget,
+                  "max_accuracy_drop": self.drop if self.metric != "snr_db" else None,
+                  "min_snr_db": self.snr_floor if self.metric == "snr_db" else None,
+                  "accuracy_rule": rule if self.accuracy_constrained else "none (budgets only)",
+                  "snr_floor_db": self._floor() if self.problem else None, "corrections": dict(self.corr),
+                  "converged": converged, "fallback": fallback, "measured_points": len(self.points),
+                  "chosen": None if best is None else {k: best[k] for k in ("source", "latency_ms", "size_bytes",
+                                                                             "metrics")}}
+        if best is not None:
+            search["budget_met"] = self._budget_ok(best)
+        sens = getattr(self, "sens", None)
+        return {"pareto": self._pareto(), "uniform": self.uniform, "feedback": self.feedback,
+                "sensitivity": sens.to_dict(top=20) if sens else {}, "accuracy_metric": self.metric,
+                "search": search}
+
+    def _final_plan(self, best: dict | None, note: str | None) -> PrecisionPlan:
+        fallback = note if best is None or (note and best is self._fp32_point()) else None
+        return self._plan(best["assignment"] if best else None, fallback)
+
+    def _save(self, stage: str) -> None:
+        best, note = self._best()
+        data = {"format": "hwcompile.search-progress/1", "stage": stage,
+                "plan": self._final_plan(best, note).to_dict(), **self._info(best, note, None)}
+        write_text_atomic(self.work / "progress.json", json.dumps(data, indent=1, default=float) + "\n")
+
+    def _finish(self, converged: str | None, no_search: str | None) -> tuple[PrecisionPlan, dict]:
+        best, note = (None, no_search) if no_search else self._best()
+        plan = self._final_plan(best, note)
+        info = self._info(best, note, converged)
+        plan.notes.update({"search": "mixed", **{k: v for k, v in info["search"].items() if k != "corrections"},
+                           "accuracy_metric": self.metric,
+                           "default_accuracy": f"without budgets: top1/top5 drop <= {DEFAULT_TOP1_DROP} point "
+                                               f"with labels, else SNR >= {DEFAULT_MIN_SNR_DB} dB"})
+        if note:
+            plan.notes["reason"] = note
+        write_text_atomic(self.work / "progress.json", json.dumps(
+            {"format": "hwcompile.search-progress/1", "stage": "done", "plan": plan.to_dict(), **info},
+            indent=1, default=float) + "\n")
+        return plan, info
+
+
+def _summary(assignment: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in assignment.values():
+        out[c] = out.get(c, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _layer_edges(graph: Graph) -> list[tuple[int, int]]:
+    """(i, j) when layer j reads layer i's output directly or through non-layer ops only."""
+    layers = graph.layers()
+    index = {id(n): k for k, n in enumerate(layers)}
+    edges = set()
+    for i, node in enumerate(layers):
+        stack, seen = list(node.outputs), set()
+        while stack:
+            v = stack.pop()
+            for user in graph.consumers(v):
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                if id(user) in index:
+                    edges.add((i, index[id(user)]))
+                else:
+                    stack.extend(user.outputs)
+    return sorted(edges)
