@@ -63,6 +63,7 @@ def compile(
     size_budget: Optional[float] = typer.Option(None, help="Mixed: size budget in MB."),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Mixed: largest allowed metric drop."),
     repeats: int = typer.Option(50, help="Timed runs per latency measurement."),
+    shape: list[str] = typer.Option([], "--shape", help="Concrete shape for a dynamic input, e.g. x=1,3,48,192."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
 ):
     """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
@@ -75,7 +76,8 @@ def compile(
             precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
             quant=QuantSettings(calib_method=calib_method, compensation=compensation, per_channel=not per_tensor),
             calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
-            size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats)
+            size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
+            input_shapes=_parse_shapes(shape))
         with _progress(not as_json) as step:
             return compile_model(model, target, out, opts, progress=step)
 
@@ -227,6 +229,21 @@ def check(model: Path, target: str = typer.Option("nvidia-ampere", "--target", "
         console.print(f"{model}: passes every {target} rule")
     if violations:
         raise typer.Exit(1)
+
+
+def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    from .errors import ConfigError
+
+    out = {}
+    for item in items:
+        name, _, dims = item.rpartition("=")
+        try:
+            out[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ConfigError(f"cannot parse {item!r}", where="--shape", hint="use NAME=1,3,224,224") from None
+        if not name or any(d <= 0 for d in out[name]):
+            raise ConfigError(f"cannot parse {item!r}", where="--shape", hint="use NAME=1,3,224,224")
+    return out
 
 
 def _guard(fn):

@@ -55,6 +55,7 @@ class CompileOptions:
     warmup: int = 10
     per_layer_profile: bool = True
     baseline: bool = True
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # concrete shapes for dynamic inputs
 
     def validate(self) -> None:
         if self.precision not in CANDIDATES and self.precision != "mixed":
@@ -118,6 +119,8 @@ def make_plan(graph: Graph, options: CompileOptions, target: Target) -> Precisio
         base = "fp32" if options.precision == "mixed" else options.precision
         plan = PrecisionPlan.uniform(base, options.sparsity)
         plan = dataclasses.replace(plan, quant=options.quant)
+        if options.sparsity != "dense":
+            plan.notes["prune_schedule"] = options.prune_schedule
     plan.target = target.name
     return plan
 
@@ -188,7 +191,7 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         eval_set = evald or (calib.take(min(len(calib), 64)) if calib is not None else None)
-        sample = _profile_feeds(graph, eval_set)
+        sample = _profile_feeds(graph, eval_set, options.input_shapes)
         baseline = None
         reference = None
         if options.baseline:
@@ -222,18 +225,25 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
     return CompileResult(out_dir=out_dir, report=report, plan=plan)
 
 
-def _profile_feeds(graph: Graph, data: Dataset | None) -> dict[str, np.ndarray]:
-    """One batch-1 input for latency measurement: a real sample when there is data."""
+def _profile_feeds(graph: Graph, data: Dataset | None, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """One batch-1 input for latency measurement: a real sample when there is data, else seeded
+    random data of the given ``shapes`` (dynamic dimensions default to 1)."""
     if data is not None:
         return as_feeds(next(data.batches(1)), graph)
     from .data import input_specs
 
     rng = np.random.default_rng(0)
     feeds = {}
-    for name, (dims, dtype) in input_specs(graph).items():
-        if dims is None:
-            raise DataError(f"input '{name}' has unknown rank; give --eval/--calib data", where="profile")
-        shape = [d if isinstance(d, int) else 1 for d in dims]
+    specs = input_specs(graph)
+    for name in shapes or {}:
+        if name not in specs:
+            raise ConfigError(f"model has no input {name!r} (inputs: {sorted(specs)})", where="--shape")
+    for name, (dims, dtype) in specs.items():
+        if dims is None and name not in (shapes or {}):
+            raise DataError(f"input '{name}' has unknown rank; give --shape or --eval/--calib data", where="profile")
+        shape = list((shapes or {}).get(name) or [d if isinstance(d, int) else 1 for d in dims])
+        if dims is not None and (len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape))):
+            raise ConfigError(f"shape {shape} does not fit input '{name}' {dims}", where="--shape")
         feeds[name] = (rng.standard_normal(shape) if np.issubdtype(dtype, np.floating)
                        else np.zeros(shape)).astype(dtype)
     return feeds
