@@ -39,6 +39,8 @@ def prune(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict 
 
 
 def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict | None = None) -> PassResult:
+    """The pass form of :func:`prune`. Run it once: with reconstruction it is not idempotent (a second
+    run refits the already pruned weights again, toward the pruned model)."""
     config = PruneConfig.from_notes(plan.notes)
     skipped = graph.meta.setdefault("prune_skipped", {})
     ch_skipped = graph.meta.setdefault("channel_prune_skipped", {})
@@ -52,35 +54,36 @@ def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: 
             else:
                 ch_skipped[node.name] = f"channel pruning removes Conv output channels; this is a {node.op_type}"
         elif kind != "dense":
-            target = parse_target(plan.choice(node.name).sparsity)
-            why = skip_reason(graph, node, target)
-            if why:
-                skipped[node.name] = why
-            else:
-                weights[node.name] = target
+            weights[node.name] = parse_target(plan.choice(node.name).sparsity)
     if not weights and not channels:
         return PassResult(graph, False, {})
     key = _cache_key(graph, weights, channels, config, calib) if cache is not None and (
         calib is None or isinstance(calib, Dataset)) else None
     if key is not None and key in cache:
-        data, meta = cache[key]
+        data, meta, modified = cache[key]
         graph.model = from_proto(onnx.ModelProto.FromString(data), source=graph.source, normalize=False).model
-        graph.meta.update({k: json.loads(json.dumps(v)) for k, v in meta.items()})
-        return PassResult(graph, True, {"cached": 1})
+        graph.meta.update(json.loads(meta))
+        return PassResult(graph, modified, {"cached": 1})
+    before = to_bytes(graph)
     report = graph.meta.setdefault("prune", {})
-    report["schedule"] = config.schedule
-    report["reconstructed"] = calib is not None and config.reconstruct
+    report.update(schedule=config.schedule, reconstructed=calib is not None and config.reconstruct)
     if channels:
         report["channels"] = prune_channels(graph, channels, calib, config, ch_skipped)
         graph.lint()
+    for name, target in list(weights.items()):     # after channel pruning: N:M needs the final channel counts
+        why = skip_reason(graph, graph.node(name), target)
+        if why:
+            skipped[name] = why
+            del weights[name]
     if weights:
         report["layers"] = prune_weights(graph, weights, calib, config)
         graph.lint()
     graph.meta["prune"] = json.loads(json.dumps(report, default=_jsonable))
+    after = to_bytes(graph)
     if key is not None:
-        cache[key] = (to_bytes(graph), {k: json.loads(json.dumps(graph.meta[k])) for k in _META})
-    return PassResult(graph, True, {"layers_pruned": len(report.get("layers", {})),
-                                    "channel_groups_pruned": len(report.get("channels", {}).get("groups", {}))})
+        cache[key] = (after, json.dumps({k: graph.meta[k] for k in _META}), after != before)
+    return PassResult(graph, after != before, {"layers_pruned": len(report.get("layers", {})),
+                                               "channel_groups_pruned": len(report.get("channels", {}).get("groups", {}))})
 
 
 prune_pass.name, prune_pass.in_place = "prune", True

@@ -177,6 +177,8 @@ def analyze_channels(graph: Graph) -> ChannelAnalysis:
                     sinks.setdefault(g, []).append(node.name)
         elif touched:
             why = f"{where} reads the channels and channel pruning does not handle {op}"
+        if why is None and op not in _BINARY + ("Concat",) and gids(*ins[1:]):
+            why = f"{where} reads the channels through a parameter input"
         if why:
             refuse(touched, why)
     for out in graph.main.outputs:

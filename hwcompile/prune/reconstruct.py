@@ -71,31 +71,26 @@ def _sample(total: int, max_rows: int, seed: tuple[int, ...]) -> np.ndarray:
     return np.sort(np.random.default_rng(list(seed)).choice(total, max_rows, replace=False))
 
 
-def layer_rows(node: ir.Node, x: np.ndarray, *, max_rows: int, seed: tuple[int, ...]) -> np.ndarray:
-    """The rows the layer multiplies its weight with (im2col patches for Conv), at most ``max_rows``.
-
-    Conv patches are built one sample at a time, so peak memory is one sample's im2col.
-    """
-    x = np.asarray(x, dtype=np.float64)
+def layer_rows(node: ir.Node, x: np.ndarray, *, max_rows: int, seed: tuple[int, ...],
+               chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """The rows the layer multiplies its weight with (im2col patches for Conv), at most ``max_rows``,
+    as float64. Conv patches are built a few samples at a time (``chunk_bytes`` of patches)."""
+    x = np.asarray(x)
     if node.op_type == "Conv":
         first = im2col(x[:1], node)
-        per = first.shape[0]
+        per, d = first.shape
         idx = _sample(per * x.shape[0], max_rows, seed)
+        step = max(1, chunk_bytes // max(per * d * x.itemsize, 1))
         parts = []
-        for i in range(x.shape[0]):
-            sel = idx[(idx >= i * per) & (idx < (i + 1) * per)] - i * per
+        for s in range(0, x.shape[0], step):
+            sel = idx[(idx >= s * per) & (idx < (s + step) * per)] - s * per
             if sel.size:
-                parts.append((first if i == 0 else im2col(x[i:i + 1], node))[sel])
-        return np.concatenate(parts) if parts else np.zeros((0, first.shape[1]))
+                parts.append((first if s == 0 and step == 1 else im2col(x[s:s + step], node))[sel])
+        rows = np.concatenate(parts) if parts else np.zeros((0, d), x.dtype)
+        return rows.astype(np.float64)
     ta = node.attributes.get("transA")
     rows = x.T if node.op_type == "Gemm" and ta is not None and ta.as_int() else x.reshape(-1, x.shape[-1])
-    return rows[_sample(len(rows), max_rows, seed)]
-
-
-def _grouped(rows: np.ndarray, groups: int) -> np.ndarray:
-    """[r, g*d] -> [g, r, d]."""
-    r = rows.shape[0]
-    return rows.reshape(r, groups, -1).transpose(1, 0, 2)
+    return rows[_sample(len(rows), max_rows, seed)].astype(np.float64)
 
 
 def _weight_groups(node: ir.Node, layout: str, groups: int) -> np.ndarray:
@@ -112,14 +107,18 @@ class _Accumulator:
         self.yty, self.rows = 0.0, 0
 
     def update(self, xr: np.ndarray, y: np.ndarray | None) -> None:
-        X = _grouped(xr, self.groups)                       # [g, r, d]
-        g = X.transpose(0, 2, 1) @ X
+        if self.groups == 1:                                # plain BLAS products
+            g = (xr.T @ xr)[None]
+            c = None if y is None else (xr.T @ y)[None]
+        else:
+            X = xr.reshape(xr.shape[0], self.groups, -1)    # [r, g, d]
+            g = np.einsum("rgd,rge->gde", X, X, optimize=True)
+            c = None if y is None else np.einsum("rgd,rgk->gdk", X, y.reshape(y.shape[0], self.groups, -1),
+                                                 optimize=True)
         self.G = g if self.G is None else self.G + g
-        if y is not None:
-            Y = _grouped(y, self.groups)                    # [g, r, k]
-            c = X.transpose(0, 2, 1) @ Y
+        if c is not None:
             self.C = c if self.C is None else self.C + c
-            self.yty += float(np.sum(Y * Y))
+            self.yty += float(np.sum(y * y))
         self.rows += xr.shape[0]
 
 
@@ -167,7 +166,10 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
                     raise DataError(f"reference gives {rr.shape[0]} rows, pruned model {xr.shape[0]}",
                                     where=f"node '{node.name}'")
                 wg = ref_w[node.name]                                    # [g, k, d]
-                y = (_grouped(rr, wg.shape[0]) @ wg.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(len(rr), -1)
+                if wg.shape[0] == 1:
+                    y = rr @ wg[0].T
+                else:
+                    y = np.einsum("rgd,gkd->rgk", rr.reshape(len(rr), wg.shape[0], -1), wg).reshape(len(rr), -1)
                 if out_keep is not None and node.name in out_keep:
                     y = y[:, out_keep[node.name]]
             accs[node.name].update(xr, y)

@@ -21,7 +21,7 @@ import networkx as nx
 import numpy as np
 
 from ..data import Dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 from ..ir import Graph, const_array
 from .channels import analyze_channels, apply_channel_keep, channel_importance, channel_rms, set_const
 from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, relative_error
@@ -46,13 +46,15 @@ class PruneConfig:
     max_rows: int = 2048                 # rows sampled per layer and batch
     calib_samples: int = 256
     batch_size: int = 8
+    channel_multiple: int = 1            # kept channel counts are rounded up to a multiple of this
 
     def __post_init__(self) -> None:
         checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
                   "importance": self.importance in ("auto", "magnitude", "wanda"),
                   "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
                   "ridge": self.ridge >= 0, "max_rows": self.max_rows >= 1,
-                  "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1}
+                  "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1,
+                  "channel_multiple": self.channel_multiple >= 1}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {getattr(self, key)!r}", where=f"plan.notes.prune_{key.rstrip('_')}",
@@ -64,7 +66,19 @@ class PruneConfig:
         unknown = sorted(k for k in notes if k.startswith("prune_") and k not in known)
         if unknown:
             raise ConfigError(f"unknown pruning option(s) {unknown}", where="plan.notes", hint=f"known: {sorted(known)}")
-        return cls(**{known[k]: v for k, v in notes.items() if k in known})
+        values = {}
+        for key, name in known.items():
+            if key not in notes:
+                continue
+            v, default = notes[key], getattr(cls, name)
+            want = type(default)
+            ok = isinstance(v, want) and (want is bool or not isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if not ok:
+                raise ConfigError(f"expected {want.__name__}, got {v!r}", where=f"plan.notes.{key}")
+            values[name] = v
+        return cls(**values)
 
     def weight_method(self, calib) -> str:
         return ("wanda" if calib is not None else "magnitude") if self.importance == "auto" else self.importance
@@ -110,7 +124,7 @@ def _refittable(graph: Graph, name: str) -> bool:
     try:
         layer_layout(graph.node(name))
         return True
-    except Exception:
+    except UnsupportedError:
         return False
 
 
@@ -172,7 +186,7 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
     reference = graph.clone() if calib is not None and config.reconstruct else None
     orig_keep: dict[str, np.ndarray] = {}     # reference output channels each shrunk Conv still has
     report: dict[str, dict] = {"groups": {}, "refit": {}}
-    first = {key: c for key, c in _eligible(graph, analyze_channels(graph), ratios, skipped)}
+    first = dict(_eligible(graph, analyze_channels(graph), ratios, skipped))
     keys = sorted(first, key=lambda k: min(_position(graph, p) for p in k))
     if config.schedule == "gradual":   # (groups, fraction of the target reached after the round)
         rounds = [(keys, s / config.steps) for s in range(1, config.steps + 1)]
@@ -180,17 +194,18 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
         rounds = [([k], 1.0) for k in keys]
     else:
         rounds = [(keys, 1.0)]
+    refit_done: list[str] = []
     for selected, frac in rounds:
         ana = analyze_channels(graph)
-        keep, sinks = {}, []
-        rms = None
         groups = {g.key: g for g in ana.groups.values() if g.key in selected}
+        rms = None
         if method == "activation":
             values = list(dict.fromkeys(graph.node(s_).inputs[0].name for g in groups.values() for s_ in g.sinks))
             rms = channel_rms(graph, values, calib, batch_size=config.batch_size, limit=config.calib_samples)
+        keep, sinks = {}, []
         for key, g in groups.items():
             c0, ratio = first[key]
-            n_keep = max(1, c0 - int(round(ratio * c0 * frac)))
+            n_keep = _n_keep(c0, ratio * frac, config.channel_multiple)
             if n_keep >= g.channels:
                 continue
             m = method if (method != "activation" or g.sinks) else "l1"
@@ -207,11 +222,26 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
             if ",".join(key) in report["groups"] and key[0] in orig_keep:
                 report["groups"][",".join(key)]["kept_channels"] = orig_keep[key[0]].tolist()
         if reference is not None and sinks:
-            _refit_sinks(graph, reference, sinks, calib, config, orig_keep, report)
+            # sinks refit in earlier rounds downstream of this round's sinks saw inputs that changed now
+            nxg = graph.to_networkx()
+            below = set().union(*(nx.descendants(nxg, x) for x in sinks))
+            stale = [x for x in refit_done if x in below and x not in sinks]
+            _refit_sinks(graph, reference, sinks + stale, calib, config, orig_keep, report)
+            refit_done += [x for x in sinks if x not in refit_done]
     return report
 
 
+def _n_keep(c0: int, ratio: float, multiple: int) -> int:
+    """Channels kept of ``c0`` at ``ratio``: ``c0 - round(ratio c0)``, rounded up to ``multiple``, >= 1."""
+    n = max(1, c0 - int(round(ratio * c0)))
+    return min(c0, -(-n // multiple) * multiple)
+
+
 def _eligible(graph, ana, ratios, skipped):
+    producers = {p for g in ana.groups.values() for p in g.producers}
+    for name in ratios:
+        if name not in producers:
+            skipped[name] = "grouped or depthwise conv: its channels follow the producer of its input"
     for g in ana.groups.values():
         asked = {p: ratios.get(p) for p in g.producers}
         if all(r is None for r in asked.values()):
@@ -221,8 +251,9 @@ def _eligible(graph, ana, ratios, skipped):
         if dense:
             why.append(f"Conv {dense} in the same channel group is not planned for channel pruning")
         if why:
-            for p in g.producers:
-                skipped[p] = "; ".join(why)
+            for p, r in asked.items():
+                if r is not None:
+                    skipped[p] = "; ".join(why)
             continue
         yield g.key, (g.channels, min(asked.values()))
 

@@ -97,7 +97,9 @@ def skip_reason(graph: Graph, node: ir.Node, target: WeightTarget) -> str | None
         return "N:M needs a reduction axis; none is defined for ConvTranspose"
     ax = nm_axis(node, w)
     if w.shape[ax] % target.m:
-        what = " (depthwise conv: one input channel per group)" if node.op_type == "Conv" and w.shape[1] == 1 else ""
+        g = node.attributes.get("group")
+        depthwise = node.op_type == "Conv" and w.shape[1] == 1 and g is not None and g.as_int() > 1
+        what = " (depthwise conv: one input channel per group)" if depthwise else ""
         return (f"reduction axis {ax} of '{wv.name}' has length {w.shape[ax]}, not a multiple of "
                 f"M={target.m}{what}")
     return None
