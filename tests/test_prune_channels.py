@@ -61,10 +61,15 @@ def chain_model():
     return _model(nodes, i, ["N", 8, 8, 8])
 
 
-def residual_model():
-    """stem -> Relu -> [conv_a -> Relu -> conv_b] + skip -> Relu -> conv_c -> Relu -> GAP -> Flatten -> Gemm."""
+def residual_model(head="gemm_nt"):
+    """stem -> Relu -> [conv_a -> Relu -> conv_b] + skip -> Relu -> conv_c -> Relu -> GAP -> Flatten -> head
+    (head: Gemm transB=1, Gemm transB=0 or MatMul)."""
     rng = np.random.default_rng(0)
-    i = [_t("fc_w", rng.standard_normal((10, 12)) / 3), _t("fc_b", rng.standard_normal(10))]
+    fc = rng.standard_normal((10, 12)) / 3
+    i = [_t("fc_w", fc if head == "gemm_nt" else fc.T), _t("fc_b", rng.standard_normal(10))]
+    head_node = (helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1) if head == "gemm_nt"
+                 else helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc") if head == "gemm"
+                 else helper.make_node("MatMul", ["flat", "fc_w"], ["y"], name="fc"))
     nodes = [_conv(rng, "stem", "x", "ws", "s", i, (8, 3, 3, 3), pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["s"], ["rs"], name="relu_s"),
              _conv(rng, "conv_a", "rs", "wa", "a", i, (8, 8, 3, 3), pads=[1, 1, 1, 1]),
@@ -75,8 +80,7 @@ def residual_model():
              _conv(rng, "conv_c", "rsum", "wc", "c", i, (12, 8, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["rc"], name="relu_c"),
              helper.make_node("GlobalAveragePool", ["rc"], ["gap"], name="gap"),
-             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1)]
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"), head_node]
     return _model(nodes, i, ["N", 10])
 
 
@@ -135,7 +139,11 @@ def test_chain_removes_channels_bn_and_declines_output_group():
     assert w["w2"].shape == (8, 8, 3, 3) and w["bn2_v"].shape == (8,) and w["w3"].shape == (8, 8, 1, 1)
     assert "graph output 'y'" in g.meta["channel_prune_skipped"]["conv3"]
     after = model_summary(g)
-    assert after["flops"] < 0.45 * before["flops"] and after["params"] < before["params"]
+    conv_flops = lambda k, c, kk: 2 * k * c * kk * 64           # 2 * K * C * kernel * (8 x 8 outputs)
+    assert before["flops"] == conv_flops(16, 3, 9) + conv_flops(16, 16, 9) + conv_flops(8, 16, 1)
+    assert after["flops"] == conv_flops(8, 3, 9) + conv_flops(8, 8, 9) + conv_flops(8, 8, 1)
+    assert after["params"] < before["params"]
+    assert list(g.node("conv2").outputs[0].shape.dims)[1:] == [8, 8, 8]   # value shapes re-inferred
     # filters kept are the L1-largest ones of the original weight
     orig = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     l1 = np.abs(orig["w1"]).reshape(16, -1).sum(1)
@@ -148,8 +156,10 @@ def test_chain_removes_channels_bn_and_declines_output_group():
     assert_close(session(ref).run(None, {"x": x}), out, rel=1e-5)
 
 
-def test_residual_group_shares_indices_and_gemm_columns_follow():
-    proto = residual_model()
+@pytest.mark.parametrize("head", ["gemm_nt", "gemm", "matmul"])
+def test_residual_group_shares_indices_and_gemm_columns_follow(head):
+    proto = residual_model(head)
+    fc_axis = 1 if head == "gemm_nt" else 0
     g = from_proto(proto)
     ana = analyze_channels(g)
     groups = {grp.key: grp for grp in ana.groups.values()}
@@ -164,9 +174,9 @@ def test_residual_group_shares_indices_and_gemm_columns_follow():
     kept = g.meta["prune"]["channels"]["groups"]["conv_b,stem"]["kept_channels"]
     np.testing.assert_array_equal(w["ws"], orig["ws"][kept])        # same indices in both producers
     np.testing.assert_array_equal(w["wb"][:, :, 0, 0], orig["wb"][kept][:, _kept(g, "conv_a", 8), 0, 0])
-    assert w["fc_w"].shape == (10, 6) and w["wc"].shape == (6, 4, 3, 3)
+    assert w["fc_w"].shape[fc_axis] == 6 and w["fc_w"].shape[1 - fc_axis] == 10 and w["wc"].shape == (6, 4, 3, 3)
     ref = _zeroed_reference(proto, {"wa": (1, _removed(g, "conv_b,stem", 8)), "wc": (1, _removed(g, "conv_b,stem", 8)),
-                                    "wb": (1, _removed(g, "conv_a", 8)), "fc_w": (1, _removed(g, "conv_c", 12))})
+                                    "wb": (1, _removed(g, "conv_a", 8)), "fc_w": (fc_axis, _removed(g, "conv_c", 12))})
     x = _x()
     out = session(to_proto(g)).run(None, {"x": x})
     assert out[0].shape == (4, 10)
@@ -285,3 +295,16 @@ def test_schedules_give_valid_smaller_models(schedule):
         errs[sched] = _rel_err(ref, out)
     print("channel schedule errors", errs)
     assert all(np.isfinite(list(errs.values())))
+
+
+def test_channel_multiple_and_nm_checked_on_final_channels():
+    g = from_proto(residual_model())
+    prune(g, _plan(0.5, prune_channel_multiple=4), None)
+    assert g.node("conv_c").inputs[1].const_value.numpy().shape[0] == 8      # 12 -> 6, rounded up to 8
+    plan = PrecisionPlan(default=LayerChoice(), layers={"conv1": LayerChoice(sparsity="channels=0.375"),
+                                                        "conv2": LayerChoice(sparsity="2:4")})
+    g = from_proto(chain_model())
+    prune(g, plan, None)
+    assert g.node("conv2").inputs[1].const_value.numpy().shape == (16, 10, 3, 3)
+    assert "length 10, not a multiple of M=4" in g.meta["prune_skipped"]["conv2"]
+    assert "depthwise" not in g.meta["prune_skipped"]["conv2"]

@@ -40,9 +40,11 @@ def int4_blockwise(w: np.ndarray, block: int, hessian: np.ndarray | None = None)
         h[:k, :k] = hessian
         h[np.arange(k, blocks * block), np.arange(k, blocks * block)] = 1.0
 
+        keep = rows != 0  # pruned (and padded) weights stay exactly zero
+
         def rtn(col: np.ndarray, j: int) -> np.ndarray:
             s = col_scale[:, j]
-            return np.clip(np.round(col / s), -8, 7) * s
+            return np.clip(np.round(col / s), -8, 7) * s * keep[:, j]
 
         rows = gptq_quantize(rows, h, rtn)
     q = np.clip(np.round(rows / col_scale), -8, 7) + 8

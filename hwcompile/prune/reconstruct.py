@@ -26,7 +26,7 @@ from ..data import Dataset
 from ..errors import DataError, UnsupportedError
 from ..ir import Graph, const_array
 from ..quant.calibration import im2col
-from ..quant.collect import _session, run_with_outputs
+from ..quant.collect import session_with_outputs, run_with_outputs
 from ..quant.compensate import refit_from_gram, weight_to_rows, rows_to_weight
 
 __all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "relative_error"]
@@ -144,7 +144,7 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
         ref_inputs = {v.name for v in reference.main.inputs}
         ref_wanted = list(dict.fromkeys(r.inputs[0].name for r in ref_nodes.values()
                                         if r.inputs[0].name not in ref_inputs))
-        ref_sess = _session(reference, ref_wanted)
+        ref_sess = session_with_outputs(reference, ref_wanted)
         ref_w = {n: _weight_groups(r, *layer_layout(r)) for n, r in ref_nodes.items()}
     batch = [0]
 

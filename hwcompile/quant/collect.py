@@ -19,12 +19,13 @@ from ..errors import DataError
 from ..ir import Graph, to_proto
 from .observers import TensorStats
 
-__all__ = ["collect_stats", "run_with_outputs"]
+__all__ = ["collect_stats", "run_with_outputs", "session_with_outputs"]
 
 Visit = Callable[[Mapping[str, np.ndarray]], None]
 
 
-def _session(graph: Graph, names: list[str]) -> ort.InferenceSession:
+def session_with_outputs(graph: Graph, names: list[str]) -> ort.InferenceSession:
+    """An in-memory onnxruntime session of ``graph`` that also returns the tensors ``names``."""
     proto = to_proto(graph)
     existing = {o.name for o in proto.graph.output}
     for n in names:
@@ -39,7 +40,7 @@ def _session(graph: Graph, names: list[str]) -> ort.InferenceSession:
 def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndarray]], names: list[str],
                      visit: Visit, *, batch_size: int = 8, limit: int | None = None) -> int:
     """Run the graph over ``data``; call ``visit`` with {name: value} (and the inputs) per batch."""
-    sess = _session(graph, names)
+    sess = session_with_outputs(graph, names)
     fixed = {v.name: v.shape.dims[0] for v in graph.main.inputs
              if v.shape is not None and len(v.shape) and isinstance(v.shape.dims[0], int)}
     if fixed:  # a model exported with a fixed batch size takes exactly that many samples per run

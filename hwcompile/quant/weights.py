@@ -85,9 +85,11 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
         rows = reduction_matrix(node, w)
         row_scale = np.broadcast_to(np.asarray(qp.scale, dtype=np.float64).reshape(-1, 1), (rows.shape[0], 1))
 
+        keep = rows != 0  # pruned weights stay exactly zero; GPTQ spreads their error to the kept ones
+
         def rtn(col: np.ndarray, j: int) -> np.ndarray:
             s = row_scale[:, 0]
-            return np.clip(np.round(col / s), -127, 127) * s
+            return np.clip(np.round(col / s), -127, 127) * s * keep[:, j]
 
         wq_rows = gptq_quantize(rows.astype(np.float64), cal.hessians[node.name], rtn)
         w_target = _from_rows(node, wq_rows, w.shape).astype(np.float32)

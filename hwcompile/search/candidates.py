@@ -8,7 +8,11 @@ damage and latency figure is measured against.
 Applicability (mirrors the passes, which skip a layer they cannot rewrite):
 - ``int8dyn``: MatMul with a 2-D constant weight, or Gemm (dynamic INT8 for Conv is not offered);
 - ``int4w``: MatMul with a 2-D constant weight;
-- ``+2:4``: only when the target lists ``2:4`` and ``hwcompile.passes.prune`` imports.
+- ``+2:4``: offered by default only when the target lists ``2:4``, ``hwcompile.passes.prune``
+  imports, and the target says its backend runs sparse kernels (``sparse_weights = true``, as the
+  TensorRT targets do). onnxruntime's CPU kernels are dense, so there 2:4 costs accuracy (and a
+  least-squares refit per layer) for no speed or size gain; pass the names explicitly
+  (``candidates=["fp32+2:4"]``) to search it anyway.
 
 Weight bytes per layer (the size model): elements x bits / 8 for the weight, plus the
 quantization scales (INT8: one fp32 scale per output channel; INT4: one fp32 scale per block of
@@ -86,9 +90,15 @@ def target_candidates(target: Target, names: list[str] | None = None) -> list[Ca
             if c.precision not in target.precisions:
                 raise ConfigError(f"target {target.name} does not support {c.precision!r}", where="candidates",
                                   hint=f"it supports {list(target.precisions)}")
+            if c.sparsity != "dense" and not target.supports_sparsity(c.sparsity):
+                raise ConfigError(f"target {target.name} does not support sparsity {c.sparsity!r}",
+                                  where="candidates", hint=f"it supports {list(target.sparsity)}")
+            if c.sparsity != "dense" and not _prune_available():
+                raise ConfigError("sparse candidates need the pruning pass (hwcompile.passes.prune)",
+                                  where="candidates")
         return [FP32] + [c for c in out if c != FP32]
     out = [FP32] + [Candidate(p) for p in target.precisions if p in CANDIDATES and p != "fp32"]
-    if "2:4" in target.sparsity and _prune_available():
+    if "2:4" in target.sparsity and target.settings.get("sparse_weights", False) and _prune_available():
         out += [Candidate(p, "2:4") for p in ("fp32", "fp16", "int8") if p in target.precisions]
     return out
 

@@ -50,10 +50,10 @@ import numpy as np
 from ..analysis.sensitivity import SensitivityTable, layer_sensitivity
 from ..backends.base import Artifact, Backend
 from ..data import Dataset
-from ..errors import ConfigError, DataError, HwcompileError
+from ..errors import ConfigError, DataError
 from ..ir import Graph
 from ..metrics import snr_db
-from ..plan import LayerChoice, PrecisionPlan, write_text_atomic
+from ..plan import PrecisionPlan, write_text_atomic
 from ..targets import Target
 from .candidates import FP32, Candidate, applicable, parse_candidate, target_candidates, weight_bytes
 from .latency import measure_latency
@@ -81,7 +81,14 @@ def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backe
                eval_set: Dataset | None, options: Any, baseline: dict | None, reference: list | None, tmp: Path,
                progress: Callable[[str], None] = lambda s: None,
                search: SearchOptions | None = None) -> tuple[PrecisionPlan, dict]:
-    """Search a per-layer plan (see the module docstring); returns (plan, search_info)."""
+    """Search a per-layer plan (module docstring); returns (plan, search_info).
+
+    Without ``--latency-budget``/``--size-budget``/``--max-accuracy-drop`` it minimizes latency
+    under the default accuracy drop: top1 (or top5) drop <= 1 point when ``eval_set`` has labels,
+    else output SNR >= 30 dB against the FP32 outputs (also written to ``plan.notes``).
+    ``search_info`` holds 'pareto', 'uniform', 'feedback', 'sensitivity', 'accuracy_metric' and
+    'search' (objective, constraints, corrections, convergence, the chosen measured point).
+    """
     if calib is None:
         raise DataError("mixed precision needs calibration data", where="--calib")
     return _Search(graph, plan, target, backend, calib, eval_set or calib.take(min(len(calib), 64)), options,
@@ -270,13 +277,15 @@ class _Search:
                               "measured_latency_ms": point["latency_ms"], "predicted_snr_db": sol.predicted_snr_db,
                               "metrics": point["metrics"], "size_bytes": point["size_bytes"],
                               "boundaries": sol.boundaries, "plan_summary": _summary(sol.assignment),
-                              "repeated": repeated, "corrections": dict(self.corr)})
+                              "repeated": repeated, "corrections_used": dict(self.corr)})
 
     def _measured(self, assignment: dict[str, str]) -> dict | None:
         return next((p for p in self.points if p["assignment"] == assignment), None)
 
     def _uniform_assignment(self, cand: Candidate) -> dict[str, str]:
-        return {n.name: cand.name if applicable(self.g, n, cand) else "fp32" for n in self.layers}
+        """What a uniform plan gives each layer: the candidate where it applies, else fp32."""
+        ok = lambda n: cand == FP32 or self.sens.lookup(n.name, cand.name) is not None
+        return {n.name: cand.name if ok(n) else "fp32" for n in self.layers}
 
     def _discard(self, directory: Path) -> None:
         if not self.so.keep_builds:

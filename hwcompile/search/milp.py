@@ -108,7 +108,7 @@ def solve(problem: Problem, *, minimize: str = "damage", latency_budget_ms: floa
     if x is None:
         _explain_infeasible(problem, latency_budget_ms, size_budget_bytes, min_snr_db)
     best = float(lp.value(first, t1, x))
-    tie = lp.row(first, best + 1e-7 * abs(best) + 1e-12, t1)
+    tie = lp.row(first, best * (1 + 1e-6) + 1e-15, t1)
     x2 = lp.run(second, t2, cons + [tie])
     return predict(problem, lp.assignment(x2 if x2 is not None else x), objective=minimize)
 
@@ -147,9 +147,9 @@ class _Lp:
         return np.concatenate([coef, np.full(len(self.edges), per_edge)])
 
     def row(self, coef: np.ndarray, ub: float, per_edge: float = 0.0) -> LinearConstraint:
-        """sum coef x + per_edge sum y <= ub, scaled so the largest coefficient is about 1."""
+        """sum coef x + per_edge sum y <= ub, scaled so the bound is 1 (tolerances become relative to it)."""
         full = self.full(coef, per_edge)
-        s = max(float(np.max(np.abs(full))) if full.size else 0.0, abs(ub), 1e-30)
+        s = max(abs(ub), _big(full) * 1e-9, 1e-30)
         return LinearConstraint(full[None, :] / s, -np.inf, ub / s)
 
     def value(self, coef: np.ndarray, per_edge: float, x: np.ndarray) -> float:
@@ -157,7 +157,10 @@ class _Lp:
 
     def run(self, coef: np.ndarray, per_edge: float, cons: list) -> np.ndarray | None:
         c = self.full(coef, per_edge)
-        s = max(float(np.max(np.abs(c))), 1e-30)
+        # The smallest nonzero cost becomes 1, so damages 8 orders apart (fp16 vs a broken INT8
+        # layer) still differ by more than the solver's absolute tolerances.
+        pos = np.abs(c[c != 0])
+        s = max(float(pos.min()) if pos.size else 1.0, _big(c) * 1e-9, 1e-30)
         integrality = np.concatenate([np.ones(self.n_x), np.zeros(len(self.edges))])
         res = milp(c / s, constraints=self.base + cons, integrality=integrality, bounds=Bounds(0.0, 1.0),
                    options={"mip_rel_gap": 0.0, "presolve": True})
@@ -171,6 +174,10 @@ class _Lp:
             if x[k] > 0.5:
                 out[self.p.layers[i]] = self.p.candidates[c]
         return out
+
+
+def _big(a: np.ndarray) -> float:
+    return float(np.max(np.abs(a))) if a.size else 0.0
 
 
 def _explain_infeasible(p: Problem, lat: float | None, size: float | None, snr: float | None) -> None:

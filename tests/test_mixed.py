@@ -1,0 +1,199 @@
+"""Mixed precision end to end: the feedback loop on a synthetic device, and a real compile.
+
+The synthetic device runs numerics with onnxruntime but reports latency from a fixed table, plus a
+cost per layer-to-layer edge whose two layers take different candidates that its per-layer profile
+does not show (as format conversions at precision boundaries are on real devices). So the tests
+can assert what the feedback loop must learn, independently of this machine's timing noise.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from hwcompile.backends.base import Profile, Timing
+from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
+from hwcompile.data import Dataset
+from hwcompile.errors import ConfigError
+from hwcompile.ir import from_proto
+from hwcompile.pipeline import CompileOptions, compile_model
+from hwcompile.plan import PrecisionPlan
+from hwcompile.search.driver import SearchOptions, plan_mixed
+from hwcompile.targets import load_target
+from test_sensitivity import fragile_model, mlp_model
+
+TARGET = load_target("host-cpu")
+LAYERS = ["conv_a", "conv_b", "conv_c"]
+EDGES = [("conv_a", "conv_b"), ("conv_b", "conv_c")]
+
+
+class SyntheticDevice(OnnxRuntimeBackend):
+    """Latency = base + sum of per-layer table entries + boundary_ms per mixed edge (not profiled)."""
+
+    def __init__(self, table: dict[str, float], boundary_ms: float, base_ms: float = 0.2, fail_on_mixed: bool = False):
+        self.table, self.boundary_ms, self.base_ms, self.fail_on_mixed = table, boundary_ms, base_ms, fail_on_mixed
+
+    def lower(self, graph, plan, target, out_dir):
+        art = super().lower(graph, plan, target, out_dir)
+        art.info["choices"] = {lid: plan.choice(lid).candidate for lid in LAYERS}
+        return art
+
+    def profile(self, artifact, target, feeds, *, repeats=50, warmup=10, per_layer=True):
+        ch = artifact.info["choices"]
+        if self.fail_on_mixed and len(set(ch.values())) > 1:
+            raise KeyboardInterrupt  # the user presses Ctrl-C once the search builds its first mixed plan
+        layers = {lid: self.table[ch[lid]] for lid in LAYERS}
+        b = sum(ch[i] != ch[j] for i, j in EDGES)
+        e2e = self.base_ms + sum(layers.values()) + self.boundary_ms * b
+        return Profile(timing=Timing(e2e, 0.0, e2e, e2e, repeats, warmup, 1), layers_ms=layers if per_layer else {})
+
+
+def search(device, tmp_path, monkeypatch, **opts):
+    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    graph = from_proto(fragile_model())
+    calib = Dataset({"x": np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)}, source="r")
+    options = CompileOptions(precision="mixed", repeats=1, warmup=0, **opts)
+    base = PrecisionPlan.uniform("fp32")
+    base.target = TARGET.name
+    return plan_mixed(graph, base, TARGET, device, calib, None, options, None, None, tmp_path, lambda s: None,
+                      SearchOptions(use_cache=False))
+
+
+def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
+    # Per layer: fp32 1.0, fp16 0.8, int8 0.3 ms; a precision change between layers costs 0.6 ms.
+    # Default constraint (no labels): SNR >= 30 dB, so conv_a (24 dB) and conv_b (3 dB) cannot be INT8.
+    # Blind to boundaries, fp16-fp16-int8 looks best (2.1 ms) but measures 2.7; all-fp16 is 2.6.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6)
+    plan, info = search(dev, tmp_path, monkeypatch)
+    fb = info["feedback"]
+    assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
+    assert fb[0]["predicted_latency_ms"] == pytest.approx(2.1) and fb[0]["measured_latency_ms"] == pytest.approx(2.7)
+    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(0.6, abs=1e-6)
+    assert fb[1]["repeated"] and fb[1]["plan_summary"] == {"fp16": 3}
+    assert fb[1]["predicted_latency_ms"] == pytest.approx(fb[1]["measured_latency_ms"])
+    assert {lid: c.candidate for lid, c in plan.layers.items()} == {l: "fp16" for l in LAYERS}
+    assert all(c.reason.startswith("fp16: saves 0.2000 ms") for c in plan.layers.values())
+    assert plan.notes["min_snr_db"] == 30.0 and "SNR >= 30" in plan.notes["default_accuracy"]
+    # uniform references measured in the same run; INT8 breaks the floor, so it is not chosen
+    uni = {u["name"]: u for u in info["uniform"]}
+    assert set(uni) == {"fp32", "fp16", "int8"}
+    assert uni["int8"]["latency_ms"] == pytest.approx(1.1) and uni["int8"]["metrics"]["snr_db"] < 30
+    assert info["accuracy_metric"] == "snr_db"
+    assert [p["latency_ms"] for p in info["pareto"]] == sorted(p["latency_ms"] for p in info["pareto"])
+    assert info["sensitivity"]["rows"][0]["layer"] == "conv_b"
+    saved = json.loads((tmp_path / "search" / "progress.json").read_text())
+    assert saved["stage"] == "done" and saved["plan"]["layers"] == plan.to_dict()["layers"]
+
+
+def test_never_slower_than_fp32(tmp_path, monkeypatch):
+    # Every change of precision costs 3 ms, so the only SNR-valid INT8 (conv_c) loses; fp16 is slower.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 1.1, "int8": 0.2}, boundary_ms=3.0)
+    plan, info = search(dev, tmp_path, monkeypatch)
+    fp32 = next(u for u in info["uniform"] if u["name"] == "fp32")
+    assert info["feedback"][0]["measured_latency_ms"] > fp32["latency_ms"]
+    assert all(c.candidate == "fp32" for c in plan.layers.values())
+    assert info["search"]["chosen"]["latency_ms"] <= fp32["latency_ms"]
+    # fp16 is slower everywhere; INT8 is faster per layer but too noisy (conv_a, conv_b) or, with the
+    # boundary cost the feedback measured, slower overall (conv_c)
+    assert all(c.reason.startswith("fp32: int8 would save 0.8000 ms") for c in plan.layers.values())
+    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(3.0, abs=1e-6)
+
+
+def test_latency_budget_minimizes_damage(tmp_path, monkeypatch):
+    # No boundary cost: the per-layer tables are exact, so the first plan must be the brute-force
+    # optimum over all 27 assignments: least summed damage with 0.2 + sum(latency) <= 2.9 ms.
+    table = {"fp32": 1.0, "fp16": 0.8, "int8": 0.3}
+    dev = SyntheticDevice(table, boundary_ms=0.0)
+    plan, info = search(dev, tmp_path, monkeypatch, latency_budget_ms=2.9)
+    damage = {(r["layer"], r["candidate"]): r["damage"] for r in info["sensitivity"]["rows"]}
+    best = min((a for a in itertools.product(table, repeat=3) if 0.2 + sum(table[c] for c in a) <= 2.9 + 1e-9),
+               key=lambda a: sum(damage.get((l, c), 0.0) for l, c in zip(LAYERS, a)))
+    fb = info["feedback"][0]
+    assert fb["plan_summary"] == {c: best.count(c) for c in sorted(set(best))}
+    assert fb["predicted_latency_ms"] == pytest.approx(fb["measured_latency_ms"])   # nothing to correct
+    assert "stop" not in info["search"]["converged"] and "within 5%" in info["search"]["converged"]
+    assert info["search"]["objective"] == "minimize output noise" and info["search"]["budget_met"]
+    assert info["search"]["chosen"]["latency_ms"] <= 2.9
+    assert plan.layers["conv_b"].candidate != "int8"
+
+
+def test_infeasible_budget_is_a_config_error(tmp_path, monkeypatch):
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.0)
+    with pytest.raises(ConfigError) as e:
+        search(dev, tmp_path, monkeypatch, latency_budget_ms=0.5)   # all-int8 is 1.1 ms
+    assert e.value.where == "--latency-budget" and "1.1" in e.value.message
+
+
+def test_interrupted_search_leaves_a_result(tmp_path, monkeypatch):
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6, fail_on_mixed=True)
+    with pytest.raises(KeyboardInterrupt):
+        search(dev, tmp_path, monkeypatch)
+    saved = json.loads((tmp_path / "search" / "progress.json").read_text())
+    assert saved["stage"] != "done"
+    assert PrecisionPlan.from_dict(saved["plan"]).layers          # a loadable plan, best so far
+    assert len(saved["uniform"]) == 3 and saved["pareto"]
+
+
+def test_mixed_compile_end_to_end(tmp_path, monkeypatch):
+    """A real compile with labels: report sections, reasons in plan.json, logic of the choice."""
+    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    import onnx
+    import onnxruntime as ort
+
+    model = mlp_model()
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(3).standard_normal((96, 64)).astype(np.float32)
+    labels = ort.InferenceSession(str(path)).run(None, {"x": x})[0].argmax(1)
+    calib = Dataset({"x": x[:48]}, source="calib")
+    evald = Dataset({"x": x[48:]}, labels=labels[48:], source="eval")
+    res = compile_model(path, "host-cpu", tmp_path / "out", CompileOptions(
+        precision="mixed", calib=calib, eval=evald, repeats=5, warmup=1))
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["accuracy_metric"] == "top1"
+    assert {u["name"] for u in rep["uniform"]} == {"fp32", "fp16", "int8", "int8dyn", "int4w"}
+    assert rep["pareto"] and all({"latency_ms", "size_bytes", "metrics", "plan_summary"} <= set(p) for p in rep["pareto"])
+    assert rep["feedback"] and [f["iteration"] for f in rep["feedback"]] == list(range(1, len(rep["feedback"]) + 1))
+    assert all({"predicted_latency_ms", "measured_latency_ms", "metrics"} <= set(f) for f in rep["feedback"])
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert set(plan["layers"]) == {"fc1", "fc2"}
+    for lid, c in plan["layers"].items():
+        cand = res.plan.layers[lid].candidate
+        assert c["reason"].startswith(f"{cand}:"), c["reason"]
+    # never slower than the FP32 build measured in the same search, and within the default top1 drop
+    fp32 = next(u for u in rep["uniform"] if u["name"] == "fp32")
+    chosen = rep["search"]["chosen"]
+    assert chosen["latency_ms"] <= fp32["latency_ms"]
+    assert 100 * (fp32["metrics"]["top1"] - chosen["metrics"]["top1"]) <= 1.0
+    assert rep["compiled"]["metrics"]["top1"] == pytest.approx(chosen["metrics"]["top1"])
+
+
+def test_latency_table_math_and_cache(tmp_path, monkeypatch):
+    from hwcompile.search.candidates import Candidate
+    from hwcompile.search.latency import cache_path, measure_latency, record_from_profile
+
+    graph = from_proto(fragile_model())
+    # Kernel times summing to more than end to end (profiler overhead) are scaled down to fit.
+    prof = Profile(timing=Timing(2.0, 0.0, 2.0, 2.0, 1, 0, 1),
+                   layers_ms={"conv_a": 1.0, "conv_b": 1.0, "conv_c": 0.5, "relu_a": 0.5}, unmapped_ms={"k": 1.0})
+    rec = record_from_profile(graph, prof)
+    assert rec["layers_ms"] == pytest.approx({"conv_a": 0.5, "conv_b": 0.5, "conv_c": 0.25})
+    assert rec["remainder_ms"] == pytest.approx(0.75)            # relu and the unmapped kernel, scaled
+    # One build per candidate, then the cache: same figures, no per-layer profiling needed.
+    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.0)
+    calib = Dataset({"x": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)}, source="r")
+    feeds = {"x": calib.inputs["x"][:1]}
+    cands = [Candidate("fp32"), Candidate("int8")]
+    first = measure_latency(graph, TARGET, dev, cands, feeds, tmp_path, calib=calib)
+    path = cache_path(TARGET, dev, graph)
+    assert path.parent == tmp_path / "cache" / "latency" and path.is_file() and first.cached == []
+    second = measure_latency(graph, TARGET, dev, cands, feeds, tmp_path, calib=calib)
+    assert second.cached == ["fp32", "int8"] and second.layers == first.layers
+    # cost model: uniform plans are predicted exactly (layer time + its share of the remainder)
+    costs = second.costs(LAYERS, ["fp32", "int8"])
+    assert costs.sum(axis=0) == pytest.approx([3.2, 1.1])
+    path.write_text("{not json")                                  # a corrupt cache is re-measured
+    assert measure_latency(graph, TARGET, dev, cands, feeds, tmp_path, calib=calib).cached == []
