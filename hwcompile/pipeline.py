@@ -220,6 +220,9 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
         write_outputs(tmp, artifact, plan, report, profile)
         _publish(tmp, out_dir)
     except BaseException:
+        progress_file = tmp / "search" / "progress.json"
+        if progress_file.exists():  # an interrupted search still leaves its best plan and front
+            os.replace(progress_file, out_dir.parent / f"{out_dir.name}.search-progress.json")
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CompileResult(out_dir=out_dir, report=report, plan=plan)

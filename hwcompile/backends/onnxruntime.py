@@ -150,7 +150,7 @@ class OnnxRuntimeBackend(Backend):
         kernels = []
         for node, durs in per_kernel.items():
             durs = durs[1:] if len(durs) > runs else durs  # drop the warm-up run
-            ms = float(np.mean(durs))
+            ms = float(np.median(durs))  # robust to a preempted run
             lid = mapping.get(node)
             kernels.append({"kernel": node, "op": ops[node], "layer": lid, "ms": ms})
             if lid is None:
@@ -160,7 +160,7 @@ class OnnxRuntimeBackend(Backend):
         return dict(layers), unmapped, sorted(kernels, key=lambda k: -k["ms"])
 
 
-_FUSED_TAILS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add",
+_FUSED_TAILS = ("Cast", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add",
                 "BatchNormalization", "QuantizeLinear", "DequantizeLinear")
 _HEADS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
