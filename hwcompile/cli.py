@@ -173,6 +173,52 @@ def targets(as_json: bool = typer.Option(False, "--json")):
 
 
 @app.command()
+def debug(
+    model: Optional[Path] = typer.Argument(None, help="ONNX model; omit for the embedded default."),
+    calib: Optional[Path] = typer.Option(None, help=".npz calibration data (one array per model input)."),
+    target: str = typer.Option("host-cpu", "--target", "-t"),
+    precision: str = typer.Option("int8", help="The candidate to rank layers by: int8 | int8dyn | int4w | fp16"),
+    calib_method: str = typer.Option("minmax", help="minmax | percentile | entropy | mse"),
+    samples: int = typer.Option(32, help="Calibration samples used to score each layer."),
+    top: int = typer.Option(10),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Which layer breaks accuracy at PRECISION? Each layer quantized alone, ranked by output damage."""
+    from .analysis.sensitivity import debug_report, layer_sensitivity
+    from .backends.base import get_backend
+    from .errors import DataError
+    from .pipeline import CompileOptions, prepare
+    from .plan import QuantSettings
+    from .targets import load_target
+
+    def run():
+        m, c = model, calib
+        if m is None:
+            from .models import default_model
+
+            d = default_model()
+            m, c = d.model, c or d.calib
+        if c is None:
+            raise DataError("debug needs calibration data", where="--calib", hint="pass --calib DATA.npz")
+        t = load_target(target)
+        with _progress(not as_json) as step:
+            graph, _, cal, _ = prepare(m, CompileOptions(calib=c), step)
+            table = layer_sensitivity(graph, t, get_backend(t.backend), cal, candidates=[precision], samples=samples,
+                                      progress=step, quant=QuantSettings(calib_method=calib_method))
+        return debug_report(table, candidate=precision, top=top)
+
+    rep = _guard(run)
+    if as_json:
+        _print_json(rep)
+        return
+    t = Table("rank", "layer", "op", "output SNR (dB)", "share of noise", title=f"layers ranked by {precision} damage")
+    for i, row in enumerate(rep["ranking"], 1):
+        t.add_row(str(i), row["layer"], row["op"], f"{row['snr_db']:.1f}", f"{100 * row['share_of_noise']:.0f}%")
+    console.print(t)
+    console.print(rep["advice"], highlight=False, markup=False)
+
+
+@app.command()
 def analyze(model: Path, as_json: bool = typer.Option(False, "--json"),
             min_size: int = typer.Option(1024, help="Skip weight tensors with fewer elements.")):
     """Quantize or prune? Per weight tensor: kurtosis, and quantization vs pruning SNR at 8/4/3/2 bits."""

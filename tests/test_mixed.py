@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from hwcompile.backends.base import Profile, Timing
+from hwcompile.backends.base import QDQStyle, Profile, Timing
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
 from hwcompile.data import Dataset
 from hwcompile.errors import ConfigError
@@ -34,6 +34,9 @@ class SyntheticDevice(OnnxRuntimeBackend):
 
     def __init__(self, table: dict[str, float], boundary_ms: float, base_ms: float = 0.2, fail_on_mixed: bool = False):
         self.table, self.boundary_ms, self.base_ms, self.fail_on_mixed = table, boundary_ms, base_ms, fail_on_mixed
+
+    def qdq_style(self, target):  # full-range INT8 whatever this CPU is: the SNRs below depend on it
+        return QDQStyle(activation_dtype="uint8", weight_dtype="int8", gemm_weight_dtype="int8")
 
     def lower(self, graph, plan, target, out_dir):
         art = super().lower(graph, plan, target, out_dir)

@@ -37,6 +37,7 @@ class QDQStyle:
     activation_dtype: str = "uint8"      # "uint8" (asymmetric allowed) or "int8"
     weight_dtype: str = "int8"           # Conv weights
     gemm_weight_dtype: str = "int8"      # MatMul/Gemm weights ("uint8": x86 without VNNI saturates u8*s8)
+    reduce_range_conv: bool = False      # 7-bit Conv weights in int8: u8*s8 pair sums stay below 2^15
     symmetric_activations: bool = False  # TensorRT: zero points must be 0
     quantize_residual_add: bool = True   # Q/DQ on both Add inputs so Conv+Add fuse
     quantize_bias: bool = True           # INT32 bias DQ (onnxruntime's integer groups); TensorRT: float

@@ -74,8 +74,11 @@ class OnnxRuntimeBackend(Backend):
         gemm = s.get("gemm_weight_dtype", "auto")
         if gemm == "auto":
             gemm = "int8" if cpu_has_int8_dot() else "uint8"
+        rr = s.get("reduce_range_conv", "auto")
+        if rr == "auto":
+            rr = not cpu_has_int8_dot()
         return QDQStyle(activation_dtype=act, weight_dtype=s.get("weight_dtype", "int8"), gemm_weight_dtype=gemm,
-                        symmetric_activations=act == "int8")
+                        reduce_range_conv=bool(rr), symmetric_activations=act == "int8")
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}

@@ -80,7 +80,10 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
     w_val = node.inputs[1]
     w = const_array(w_val).astype(np.float32)
     axis = output_axis(node, w.ndim) if settings.per_channel else None
-    qp = weight_qparams(w, bits=8, axis=axis, symmetric=True, method="minmax")
+    conv = node.op_type in ("Conv", "ConvTranspose")
+    bits = 7 if (style.reduce_range_conv if conv else False) else 8
+    qp = weight_qparams(w, bits=bits, axis=axis, symmetric=True, method="minmax")
+    qmax = 2 ** (bits - 1) - 1
     if settings.compensation == "gptq" and node.name in getattr(cal, "hessians", {}):
         rows = reduction_matrix(node, w)
         row_scale = np.broadcast_to(np.asarray(qp.scale, dtype=np.float64).reshape(-1, 1), (rows.shape[0], 1))
@@ -89,7 +92,7 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
 
         def rtn(col: np.ndarray, j: int) -> np.ndarray:
             s = row_scale[:, 0]
-            return np.clip(np.round(col / s), -127, 127) * s * keep[:, j]
+            return np.clip(np.round(col / s), -qmax, qmax) * s * keep[:, j]
 
         wq_rows = gptq_quantize(rows.astype(np.float64), cal.hessians[node.name], rtn)
         w_target = _from_rows(node, wq_rows, w.shape).astype(np.float32)
@@ -100,7 +103,7 @@ def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, 
     bias_delta = None
     if settings.compensation in ("bias", "gptq") and node.name in getattr(cal, "channel_means", {}):
         bias_delta = weight_error_bias_delta(node, w, deq, cal.channel_means[node.name])
-    wdt = style.weight_dtype if node.op_type in ("Conv", "ConvTranspose") else style.gemm_weight_dtype
+    wdt = style.weight_dtype if conv else style.gemm_weight_dtype
     _rewrite_weight(graph, node, q.astype(np.int8), qp, axis, wdt)
     _rewrite_bias(graph, node, bias_delta, qp, x_scale, style)
     return qp
