@@ -57,7 +57,7 @@ def compile(
     per_tensor: bool = typer.Option(False, help="Per-tensor instead of per-channel weight scales."),
     eval: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs (+ labels) for accuracy."),
     labels: Optional[str] = typer.Option(None, help="Name of the label array in --eval."),
-    metric: Optional[str] = typer.Option(None, help="top1 | top5 | snr"),
+    metric: Optional[str] = typer.Option(None, help="top1 | top5 | spearman | snr"),
     plan: Optional[Path] = typer.Option(None, help="Use this plan.json instead of planning."),
     latency_budget: Optional[float] = typer.Option(None, help="Mixed: latency budget in ms."),
     size_budget: Optional[float] = typer.Option(None, help="Mixed: size budget in MB."),

@@ -26,7 +26,7 @@ from .backends.base import Artifact, Backend, Profile, get_backend
 from .data import Dataset, as_feeds, load_npz
 from .errors import ConfigError, DataError
 from .ir import Graph, load, to_bytes
-from .metrics import snr_db, topk
+from .metrics import snr_db, spearman, topk
 from .passes import cleanup
 from .plan import CANDIDATES, PrecisionPlan, QuantSettings, parse_sparsity
 from .targets import Target, load_target
@@ -66,8 +66,8 @@ class CompileOptions:
             raise ConfigError(f"unknown schedule {self.prune_schedule!r}", where="--prune-schedule")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError("repeats must be >= 1 and warmup >= 0", where="--repeats")
-        if self.metric is not None and self.metric not in ("top1", "top5", "snr"):
-            raise ConfigError(f"unknown metric {self.metric!r}", where="--metric", hint="top1, top5 or snr")
+        if self.metric is not None and self.metric not in ("top1", "top5", "snr", "spearman"):
+            raise ConfigError(f"unknown metric {self.metric!r}", where="--metric", hint="top1, top5, spearman or snr")
         budgets = [b for b in (self.latency_budget_ms, self.size_budget_mb) if b is not None]
         if any(b <= 0 for b in budgets):
             raise ConfigError("budgets must be positive", where="--latency-budget/--size-budget")
@@ -151,7 +151,10 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
         outs.append(run(as_feeds(batch, graph)))
     merged = [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
     metrics: dict[str, float] = {}
-    if data.labels is not None and metric != "snr":
+    if data.labels is not None and metric == "spearman":
+        # one score per sample (e.g. a similarity head): rank correlation with the labels
+        metrics["spearman"] = spearman(merged[0].reshape(len(data.labels), -1)[:, 0], data.labels)
+    elif data.labels is not None and metric != "snr":
         metrics["top1"] = topk(merged[0], data.labels, 1)
         if merged[0].reshape(len(data.labels), -1).shape[1] >= 5:
             metrics["top5"] = topk(merged[0], data.labels, 5)

@@ -127,3 +127,21 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path):
         assert not out.exists(), args
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], args
         assert {a: _sha(a) for a in inputs} == before
+
+
+def test_spearman_metric_on_a_scoring_model(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[1.0], [2.0]], np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["score"], name="head")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])], [w])
+    p = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
+    x = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
+    y = x @ np.array([1.0, 2.0]) + 0.01 * np.random.default_rng(1).standard_normal(50)
+    np.savez(tmp_path / "e.npz", x=x, y=y)
+    r = _run("compile", p, "--eval", tmp_path / "e.npz", "--labels", "y", "--metric", "spearman", "--out",
+             tmp_path / "o", "--repeats", 2, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["compiled"]["metrics"]["spearman"] > 0.95
