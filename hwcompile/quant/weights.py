@@ -16,7 +16,8 @@ import onnx_ir as ir
 from ..backends.base import QDQStyle
 from ..ir import Graph, const_array
 from ..plan import QuantSettings
-from .compensate import gptq_quantize
+from ..errors import ConfigError, DataError
+from .compensate import bias_correction, gptq_quantize
 from .qparams import QParams, dequantize, quantize, weight_qparams
 
 __all__ = ["output_axis", "reduction_matrix", "quantize_layer_weight", "weight_error_bias_delta", "stored_weight"]
@@ -57,22 +58,20 @@ def _from_rows(node: ir.Node, rows: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def weight_error_bias_delta(node: ir.Node, w: np.ndarray, wq: np.ndarray, x_mean: np.ndarray) -> np.ndarray | None:
-    """Per output channel ``-(Wq - W) @ E[x]`` (Conv: E[x] per input channel, grouped)."""
-    err = (wq.astype(np.float64) - w.astype(np.float64))
+    """Per output channel ``-(Wq - W) @ E[x]`` (see ``compensate.bias_correction``), or None when
+    the layer's layout has no bias correction or the input mean does not match it."""
     if node.op_type == "Conv":
-        k, cg = w.shape[0], w.shape[1]
-        g = _group(node)
-        if x_mean.shape[0] != cg * g:
-            return None
-        per_in = err.reshape(k, cg, -1).sum(axis=2)              # [K, C/g]
-        means = x_mean.reshape(g, cg)[np.arange(k) // (k // g)]   # [K, C/g]
-        return -(per_in * means).sum(axis=1)
-    if node.op_type in ("Gemm", "MatMul"):
-        rows = reduction_matrix(node, err)                         # [out, in]
-        if rows.shape[1] != x_mean.shape[0]:
-            return None
-        return -rows @ x_mean
-    return None
+        layout = "conv"
+    elif node.op_type == "Gemm" and w.ndim == 2:
+        layout = "gemm_nt" if output_axis(node, 2) == 0 else "matmul"
+    elif node.op_type == "MatMul" and w.ndim == 2:
+        layout = "matmul"
+    else:
+        return None
+    try:
+        return bias_correction(w, wq, x_mean, layout, _group(node))
+    except (DataError, ConfigError):
+        return None
 
 
 def quantize_layer_weight(graph: Graph, node: ir.Node, settings: QuantSettings, style: QDQStyle,
