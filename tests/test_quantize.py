@@ -187,3 +187,14 @@ def test_float_layers_stay_bit_exact(tmp_path):
     q = quantize(g, plan, ORT_STYLE, _calib((16,)))
     names = {n.name: n for n in q.nodes()}
     assert names["fc1"].inputs[1].name == "w1"  # untouched weight
+
+
+def test_cached_statistics_use_each_calls_observer(tmp_path):
+    """The calibration cache is shared across plans; the observer of each plan must still apply."""
+    _, g = _graph(tmp_path, mlp_model())
+    calib, cache, scales = _calib((16,)), {}, {}
+    for method in ("minmax", "percentile"):
+        q = hir.to_proto(quantize(g.clone(), PrecisionPlan.uniform("int8", calib_method=method, percentile=90.0),
+                                  ORT_STYLE, calib, cache=cache))
+        scales[method] = float(_const(q, "x_scale"))
+    assert len(cache) == 1 and scales["percentile"] < 0.8 * scales["minmax"]

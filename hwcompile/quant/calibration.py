@@ -8,6 +8,7 @@ hash and the data, so the mixed-precision search never recollects them.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -65,8 +66,8 @@ def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.N
     """Statistics for all float activations (cached); ``tensors`` must be among them."""
     cache = cache if cache is not None else {}
     key = graph_key(graph, data, settings, str(limit))
-    if key in cache:
-        return cache[key]
+    if key in cache:  # statistics do not depend on the observer: apply this call's settings to them
+        return dataclasses.replace(cache[key], settings=settings)
     all_tensors = activation_tensors(graph)
     missing = [t for t in tensors if t not in all_tensors]
     all_tensors += missing

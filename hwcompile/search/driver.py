@@ -277,7 +277,8 @@ class _Search:
                               "measured_latency_ms": point["latency_ms"], "predicted_snr_db": sol.predicted_snr_db,
                               "metrics": point["metrics"], "size_bytes": point["size_bytes"],
                               "boundaries": sol.boundaries, "plan_summary": _summary(sol.assignment),
-                              "repeated": repeated, "corrections_used": dict(self.corr)})
+                              "repeated": repeated, "corrections_used": dict(self.corr),
+                              "assignment": dict(sol.assignment)})
 
     def _measured(self, assignment: dict[str, str]) -> dict | None:
         return next((p for p in self.points if p["assignment"] == assignment), None)
@@ -366,7 +367,8 @@ class _Search:
     def _pareto(self) -> list[dict]:
         front = pareto_front(self.points, y=lambda p: p["metrics"].get(self.metric))
         return [{"latency_ms": p["latency_ms"], "size_bytes": p["size_bytes"], "metrics": p["metrics"],
-                 "plan_summary": _summary(p["assignment"]), "source": p["source"]} for p in front]
+                 "plan_summary": _summary(p["assignment"]), "source": p["source"],
+                 "assignment": dict(p["assignment"])} for p in front]
 
     def _info(self, best: dict | None, fallback: str | None, converged: str | None) -> dict:
         rule = ("top1/top5 drop in points, mapped to an SNR floor calibrated on measured builds"
