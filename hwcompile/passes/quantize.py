@@ -142,7 +142,13 @@ def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, s
         if src is not None and src.name in qparams:
             qparams[t.name] = qparams[src.name]
             continue
-        qparams[t.name] = cal.activation_qparams(t.name, act_dtype, symmetric)
+        # A graph output is never clipped: clipping logits changes the answer itself (seen: the entropy
+        # observer cut EfficientNet's top logits, top-1 0.88 -> 0.33), so it keeps its full range.
+        # Clip(0, 6)-style outputs pile up at their bound; clipping below it drops that spike (the
+        # entropy observer halved EfficientNet's ReLU6 ranges), so bounded activations keep min-max.
+        bounded = prod is not None and prod.op_type == "Clip"
+        method = "minmax" if t.is_graph_output() or bounded else None
+        qparams[t.name] = cal.activation_qparams(t.name, act_dtype, symmetric, method)
     x_names = {n.name: n.inputs[0].name for n in static}
     # Absorb Relu/Clip: the layer's output takes the activation's place and range.
     for lname, act in absorbed.items():

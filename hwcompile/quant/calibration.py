@@ -35,12 +35,14 @@ class Calibration:
     channel_means: dict[str, np.ndarray] = field(default_factory=dict)
     hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def activation_range(self, name: str, symmetric: bool) -> tuple[float, float]:
+    def activation_range(self, name: str, symmetric: bool, method: str | None = None) -> tuple[float, float]:
         s = self.settings
-        return calibrate_range(self.stats[name], s.calib_method, bits=8, symmetric=symmetric, percentile=s.percentile)
+        return calibrate_range(self.stats[name], method or s.calib_method, bits=8, symmetric=symmetric,
+                               percentile=s.percentile)
 
-    def activation_qparams(self, name: str, dtype: str, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.activation_range(name, symmetric)
+    def activation_qparams(self, name: str, dtype: str, symmetric: bool,
+                           method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.activation_range(name, symmetric, method)
         qp = qparams_from_range(lo, hi, bits=8, symmetric=symmetric, signed=dtype == "int8")
         zp_dtype = np.int8 if dtype == "int8" else np.uint8
         return np.float32(np.asarray(qp.scale).reshape(())), np.asarray(qp.zero_point).astype(zp_dtype).reshape(())
