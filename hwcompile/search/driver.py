@@ -86,8 +86,9 @@ def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backe
     Without ``--latency-budget``/``--size-budget``/``--max-accuracy-drop`` it minimizes latency
     under the default accuracy drop: top1 (or top5) drop <= 1 point when ``eval_set`` has labels,
     else output SNR >= 30 dB against the FP32 outputs (also written to ``plan.notes``).
-    ``search_info`` holds 'pareto', 'uniform', 'feedback', 'sensitivity', 'accuracy_metric' and
-    'search' (objective, constraints, corrections, convergence, the chosen measured point).
+    ``search_info`` holds 'pareto', 'uniform', 'feedback', 'measured' (every measured plan with its
+    per-layer assignment), 'sensitivity', 'accuracy_metric' and 'search' (objective, constraints,
+    corrections, convergence, the chosen measured point).
     """
     if calib is None:
         raise DataError("mixed precision needs calibration data", where="--calib")
@@ -385,7 +386,10 @@ class _Search:
         if best is not None:
             search["budget_met"] = self._budget_ok(best)
         sens = getattr(self, "sens", None)
-        return {"pareto": self._pareto(), "uniform": self.uniform, "feedback": self.feedback,
+        measured = [{"source": p["source"], "latency_ms": p["latency_ms"], "latency_ms_spread": p["latency_ms_spread"],
+                     "size_bytes": p["size_bytes"], "metrics": p["metrics"], "plan_summary": _summary(p["assignment"]),
+                     "assignment": dict(p["assignment"])} for p in self.points]
+        return {"pareto": self._pareto(), "uniform": self.uniform, "feedback": self.feedback, "measured": measured,
                 "sensitivity": sens.to_dict(top=20) if sens else {}, "accuracy_metric": self.metric,
                 "search": search}
 

@@ -1,0 +1,132 @@
+"""TVM backend (Apache TVM >= 0.27, Relax): LLVM CPUs here or, cross-compiled, over TVM RPC.
+
+Lowering writes ``model.so`` (the Relax VM executable with its kernels and constant weights,
+linked by the target's cross compiler when it has one), ``model.onnx`` (the graph that was
+lowered, for reference) and ``tvm.json`` (target, tuning database, versions, the layer order
+used to map kernel times). Q/DQ pass through: the Relax ONNX frontend converts per-tensor and
+per-channel QuantizeLinear/DequantizeLinear to ``relax.quantize``/``dequantize``, which LLVM
+runs as float fake-quantization (FoldConstant pre-dequantizes constant weights), so INT8 here is
+an accuracy emulation, not an integer speed-up. Block-wise (INT4) Q/DQ and contrib ops are
+refused naming the node. Dynamic INT8 (DynamicQuantizeLinear -> MatMulInteger) runs in exact
+int32 arithmetic, so INT8 GEMM weights stay signed (no u8*s8 int16 saturation as in onnxruntime's
+AVX2 kernels: there, with int8 weights, onnxruntime was the one off by ~12% when checked).
+
+Settings (``[backend_settings]``, see ``build.TVMSettings``): ``target`` (a TVM target table,
+``mcpu = "host"`` for this CPU), ``cc``, ``tune_trials``, ``tune_trials_per_task``, ``rpc_host``,
+``rpc_key``, ``rpc_timeout_s``. Static shapes for dynamic inputs may be given as
+``plan.notes["input_shapes"]`` ({input: [dims]}); otherwise dynamic dimensions stay symbolic.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ...errors import BackendUnavailable, HwcompileError
+from ...ir import SERVES, Graph, save, to_proto
+from ...plan import PrecisionPlan, write_text_atomic
+from ...targets import Target
+from ..base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner
+from .build import HEAD_OPS, TVMSettings, check_importable, compile_relax, export, import_tvm, to_relax, tuning_dir, tvm_target
+from .run import default_threads, layer_times, open_session, time_vm
+
+__all__ = ["TVMBackend", "TVMSettings"]
+
+_LIBRARY, _ONNX, _INFO = "model.so", "model.onnx", "tvm.json"
+
+
+class TVMBackend(Backend):
+    name = "tvm"
+
+    def status(self, target: Target) -> tuple[bool, str]:
+        try:
+            import_tvm()
+            settings = TVMSettings.from_target(target)
+            tvm_target(settings)
+        except HwcompileError as e:
+            return False, e.render()
+        rpc_note = ("running and profiling need the device over TVM RPC: set backend_settings.rpc_host "
+                    "('tracker-host:port' with rpc_key, or an RPC server's host:port)")
+        if settings.cc and shutil.which(settings.cc) is None:
+            why = f"cross compiler '{settings.cc}' (backend_settings.cc) not found on PATH"
+            return False, why + ("" if settings.rpc else f"; then {rpc_note}")
+        if settings.is_cross and settings.rpc is None:
+            return True, f"builds here; {rpc_note}"
+        return True, ""
+
+    def qdq_style(self, target: Target) -> QDQStyle:
+        # relax.quantize/dequantize take uint8/int8 with any zero point, per tensor or per channel;
+        # integer ops accumulate in int32 (no saturation), so no reduced range or uint8 GEMM weights;
+        # no com.microsoft ops (MatMulNBits): INT4 becomes block-wise DQ, which lower() refuses by name
+        return QDQStyle(gemm_weight_dtype="int8", reduce_range_conv=False, allow_contrib_ops=False)
+
+    def versions(self) -> dict[str, str]:
+        try:
+            tvm = import_tvm()
+        except BackendUnavailable:
+            return {"tvm": "unavailable"}
+        llvm = tvm.target.codegen.llvm_version_major() if hasattr(tvm.target, "codegen") else "?"
+        return {"tvm": str(tvm.__version__), "llvm": str(llvm)}
+
+    def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
+        import_tvm()
+        settings = TVMSettings.from_target(target)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        proto = to_proto(graph)
+        check_importable(proto)
+        shapes = dict(plan.notes.get("input_shapes") or {})
+        mod = to_relax(proto, shapes, static=settings.tune_trials > 0)
+        db_dir = tuning_dir(target, self.versions())
+        executable, tuning = compile_relax(mod, settings, db_dir)
+        export(executable, settings, out_dir / _LIBRARY)
+        save(proto, out_dir / _ONNX)
+        inits = {t.name for t in proto.graph.initializer}
+        info = {
+            "target": json.loads(str(tvm_target(settings))), "cross": settings.is_cross, "cc": settings.cc,
+            "inputs": [i.name for i in proto.graph.input if i.name not in inits],
+            "input_shapes": shapes, "tuning": tuning, "heads": _heads(proto), "versions": self.versions(),
+        }
+        write_text_atomic(out_dir / _INFO, json.dumps(info, indent=2) + "\n")
+        return Artifact(directory=out_dir, backend=self.name, target=target.name,
+                        files={"engine": _LIBRARY, "model": _ONNX, "info": _INFO}, info=info)
+
+    def load(self, artifact: Artifact, target: Target) -> Runner:
+        info = _info(artifact)
+        session = open_session(artifact.path("engine"), TVMSettings.from_target(target))
+        names = info["inputs"]
+        return lambda feeds: session.run(feeds, names)
+
+    def profile(self, artifact: Artifact, target: Target, feeds: Feeds, *, repeats: int = 50,
+                warmup: int = 10, per_layer: bool = True) -> Profile:
+        info = _info(artifact)
+        settings = TVMSettings.from_target(target)
+        session = open_session(artifact.path("engine"), settings)
+        names = info["inputs"]
+        timing = time_vm(session, feeds, names, repeats=repeats, warmup=warmup, threads=default_threads(settings))
+        prof = Profile(timing=timing, info={"device": session.where, "timer": "tvm time_evaluator (number=1)"})
+        if not per_layer:
+            return prof
+        if session.remote is not None:
+            prof.info["per_layer"] = ("not measured: the VM instrument is a Python callback and cannot run on "
+                                      "an RPC device; layers_ms is empty")
+            return prof
+        layers, unmapped, kernels, how = layer_times(session, feeds, names, info["heads"], max(5, repeats // 5))
+        prof.layers_ms, prof.unmapped_ms = layers, unmapped
+        prof.info.update(kernels=kernels, per_layer=how)
+        return prof
+
+
+
+def _heads(proto) -> list[list[str]]:
+    """[[kernel class, layer id], ...] for head ops in graph order (the ids our passes' Q/DQ serve)."""
+    out = []
+    for node in proto.graph.node:
+        cls = next((c for c, ops in HEAD_OPS.items() if node.op_type in ops), None)
+        if cls is not None:
+            props = {p.key: p.value for p in node.metadata_props}
+            out.append([cls, props.get(SERVES, node.name)])
+    return out
+
+
+def _info(artifact: Artifact) -> dict:
+    return artifact.info if "heads" in artifact.info else json.loads(artifact.path("info").read_text())
