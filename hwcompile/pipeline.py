@@ -247,8 +247,8 @@ def _profile_feeds(graph: Graph, data: Dataset | None, shapes: dict[str, list[in
     for name, (dims, dtype) in specs.items():
         if dims is None and name not in (shapes or {}):
             raise DataError(f"input '{name}' has unknown rank; give --shape or --eval/--calib data", where="profile")
-        shape = list((shapes or {}).get(name) or [d if isinstance(d, int) else 1 for d in dims])
-        if dims is not None and (len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape))):
+        shape = list((shapes or {}).get(name) or [d if isinstance(d, int) and d > 0 else 1 for d in dims])
+        if dims is not None and (len(shape) != len(dims) or any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(dims, shape))):
             raise ConfigError(f"shape {shape} does not fit input '{name}' {dims}", where="--shape")
         feeds[name] = (rng.standard_normal(shape) if np.issubdtype(dtype, np.floating)
                        else np.zeros(shape)).astype(dtype)

@@ -176,3 +176,22 @@ def test_networkx_view(tmp_path):
     nxg = hir.load(p).to_networkx()
     assert list(nxg.successors("conv1")) == ["bn1"]
     assert nxg.nodes["relu1"]["op"] == "Relu"
+
+
+def test_negative_dim_value_means_unknown_and_shape_override_fits(tmp_path):
+    """PaddlePaddle exports (RapidOCR's classifier) declare the batch as dim_value -1."""
+    from hwcompile.pipeline import CompileOptions, compile_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, None, None])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "neg.onnx"
+    onnx.save(model, path)
+    graph = hir.load(path)
+    dims = graph.model.graph.inputs[0].shape.dims
+    assert not isinstance(dims[0], int) and dims[1] == 3
+    out = tmp_path / "out"
+    compile_model(path, "host-cpu", out, CompileOptions(repeats=2, warmup=1, per_layer_profile=False,
+                                                         input_shapes={"x": [2, 3, 8, 8]}))
+    assert (out / "model.onnx").exists()

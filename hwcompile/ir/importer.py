@@ -112,11 +112,22 @@ def _check_and_convert(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
                                    hint="re-export the model at opset >= 13") from None
     if proto.ir_version < 7:
         proto.ir_version = 7
+    _unknown_negative_dims(proto.graph)
     try:
         proto = shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as e:  # inconsistent shapes in the file itself
         raise ModelLoadError(f"shape inference failed: {str(e).strip().splitlines()[0]}", where=where) from None
     return proto
+
+
+def _unknown_negative_dims(graph: onnx.GraphProto) -> None:
+    """Exporters (PaddlePaddle, some TF converters) write ``dim_value: -1`` for a dynamic dimension;
+    ONNX says dims are non-negative, so make it what it means: an unknown dimension."""
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
 
 
 def _lift_initializer_inputs(graph: Graph) -> None:
