@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hwcompile.backends.tensorrt.engine import (build_engine, load_engine, profile_engine, summarize_layers,
-                                                 tensorrt_status, validate_profiles, write_atomic)
+from hwcompile.backends.tensorrt.engine import (EngineBuildResult, build_engine, default_profiles, load_engine,
+                                                 profile_engine, summarize_layers, tensorrt_status, validate_profiles,
+                                                 write_atomic)
 from hwcompile.backends.tensorrt.rules import check_model, render
 from hwcompile.errors import BackendUnavailable, ConfigError
 
@@ -72,6 +73,13 @@ def test_summarize_layers_reads_types_sparsity_and_onnx_nodes():
     assert s[0]["type"] == "CaskConvolution"
 
 
+def test_engine_summary_counts_int8_and_sparse_layers(tmp_path):
+    res = EngineBuildResult(plan_path=tmp_path / "m.plan", layers=summarize_layers(INSPECTOR_JSON))
+    summ = res.to_dict()["summary"]
+    assert summ["layers"] == 4 and summ["by_precision"] == {"int8": 1, "fp16": 2, "bf16": 1}
+    assert summ["int8_layers"] == ["x_q + conv + relu"] and summ["sparse_layers"] == ["x_q + conv + relu"]
+
+
 def test_summarize_layers_names_only_engine():
     s = summarize_layers(json.dumps({"Layers": ["a", "b"], "Bindings": []}))
     assert [(r["name"], r["precision"], r["sparse"]) for r in s] == [("a", "unknown", False), ("b", "unknown", False)]
@@ -92,6 +100,20 @@ def test_validate_profiles():
         with pytest.raises(ConfigError) as e:
             validate_profiles(inputs, profiles)
         assert e.value.where == where, (profiles, e.value)
+
+
+def test_default_profiles_fill_a_dynamic_batch_only():
+    inputs = {"input_ids": (-1, 128), "mask": (-1, 128), "x": (1, 3), "odd": (2, -1)}
+    got = default_profiles(inputs, {"mask": ((1, 128), (2, 128), (4, 128))}, max_batch=8)
+    assert got["input_ids"] == ((1, 128), (1, 128), (8, 128))
+    assert got["mask"] == ((1, 128), (2, 128), (4, 128))       # a given profile is kept
+    assert "x" not in got and "odd" not in got                   # static: none needed; other dynamic dims: not guessed
+    with pytest.raises(ConfigError) as e:
+        validate_profiles(inputs, got)
+    assert e.value.where == "profiles.odd"
+    validate_profiles({k: v for k, v in inputs.items() if k != "odd"}, got)
+    with pytest.raises(ConfigError):
+        default_profiles(inputs, None, max_batch=0)
 
 
 def test_write_atomic_replaces_and_leaves_no_temporaries(tmp_path):
@@ -163,3 +185,21 @@ def test_build_int8_engine_inspect_run_and_profile(tmp_path):
 
     rebuilt = build_engine(onnx_path, tmp_path / "m2.plan", timing_cache_path=cache, workspace_mb=256)
     assert rebuilt.plan_path.exists()  # the saved timing cache loads back
+    assert res.summary()["int8_layers"], res.layers
+
+
+@pytest.mark.gpu
+def test_build_dynamic_batch_engine_with_default_profile(tmp_path):
+    ok, reason = tensorrt_status()
+    if not ok:
+        pytest.skip(reason)
+    model = qdq_conv_model(c=8)
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx_path = tmp_path / "dyn.onnx"
+    onnx.save(model, onnx_path)
+    build_engine(onnx_path, tmp_path / "dyn.plan", max_batch=4, workspace_mb=256)
+    run = load_engine(tmp_path / "dyn.plan")
+    for n in (1, 3):
+        (y,) = run({"x": np.zeros((n, 8, 16, 16), np.float32)})
+        assert y.shape == (n, 8, 16, 16)

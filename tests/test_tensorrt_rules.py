@@ -14,6 +14,7 @@ from hwcompile.backends.tensorrt.rules import RULES, Violation, check_model, nm_
 
 F = TensorProto.FLOAT
 COVERED: set[str] = set()
+INVALID: dict[str, list[tuple[onnx.ModelProto, list[str], dict]]] = {}  # rule -> [(invalid model, nodes, kwargs)]
 
 
 def model(nodes, inits, inputs, outputs, opset=13, extra_domains=()):
@@ -80,6 +81,7 @@ def qconv(*, opset=13, zp_dtype=TensorProto.INT8, w=None, w_axis=0, w_scale=None
 
 def assert_only(m, rule, nodes, **kw):
     COVERED.add(rule)
+    INVALID.setdefault(rule, []).append((m, list(nodes), kw))
     got = check_model(m, **kw)
     assert {v.rule for v in got} == {rule}, render(got)
     assert sorted(v.node for v in got) == sorted(nodes), render(got)
@@ -107,6 +109,14 @@ def test_no_qlinear(op, domain):
     m = model([node], [], [vi("a", [2, 2], TensorProto.INT8), vi("b", [2, 2], TensorProto.INT8)],
               [vi("y", None)], extra_domains=[domain] if domain else ())
     assert_only(m, "no-qlinear", ["bad"])
+
+
+def test_no_qlinear_matmul_integer_well_formed():
+    node = helper.make_node("MatMulInteger", ["a", "b"], ["y"], name="mmi")
+    m = model([node], [], [vi("a", [2, 2], TensorProto.INT8), vi("b", [2, 2], TensorProto.INT8)],
+              [vi("y", [2, 2], TensorProto.INT32)])
+    onnx.checker.check_model(m, full_check=True)
+    assert_only(m, "no-qlinear", ["mmi"])
 
 
 def test_no_qlinear_valid_float_matmul():
@@ -210,6 +220,22 @@ def test_gemm_weight_axis_follows_transB():
     w = t("w_q", np.ones((8, 3), np.int8))  # transB=0: [K, N] -> output axis 1
     assert_valid(_matmul_w(w, np.full(3, 0.1, np.float32), t("zp_w", np.zeros(3, np.int8)),
                            op="Gemm", trans_b=0, axis=1))
+    assert_only(_matmul_w(w, np.full(8, 0.1, np.float32), t("zp_w", np.zeros(8, np.int8)),
+                          op="Gemm", trans_b=0, axis=0), "weight-per-channel-axis", ["dq_w"])
+
+
+def test_per_channel_scale_of_the_wrong_length_is_flagged():
+    w = t("w_q", np.ones((8, 3), np.int8))  # MatMul [K=8, N=3], axis 1 right but 4 scales for 3 channels
+    assert_only(_matmul_w(w, np.full(4, 0.1, np.float32), t("zp_w", np.zeros(4, np.int8)), axis=1),
+                "weight-per-channel-axis", ["dq_w"])
+
+
+def test_blockwise_int8_weight_is_flagged():
+    w = t("w_q", np.ones((8, 4), np.int8))  # block-wise scales are INT4-only in TensorRT
+    m = _matmul_w(w, np.full((2, 4), 0.1, np.float32), t("zp_w", np.zeros((2, 4), np.int8)), opset=21, axis=0,
+                  block_size=4)
+    assert_only(m, "weight-per-channel-axis", ["dq_w"])
+    assert "INT4-only" in check_model(m)[0].message
 
 
 def test_conv_transpose_weight_axis_is_1():
@@ -287,10 +313,42 @@ def test_weight_only_conv_is_flagged_but_weight_only_matmul_is_allowed():
     assert_valid(model(nodes, inits, [vi("x", [2, 8])], [vi("y", [2, 4])], opset=21))
 
 
+def test_gemm_with_quantized_and_float_activation_inputs():
+    m = _act_matmul(dq_b=False)
+    mm = next(n for n in m.graph.node if n.name == "mm")
+    mm.op_type = "Gemm"
+    assert_only(m, "qdq-on-inputs", ["mm"])
+    assert_valid(_act_matmul(dq_b=True))
+
+
+def test_weight_only_conv_transpose_is_flagged():
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "s_w", "zp_w"], ["w_d"], name="dq_w", axis=1),
+             helper.make_node("ConvTranspose", ["x", "w_d"], ["y"], name="convt")]
+    inits = [t("w_q", np.ones((4, 6, 2, 2), np.int8)), t("s_w", np.full(6, 0.1, np.float32)),
+             t("zp_w", np.zeros(6, np.int8))]
+    assert_only(model(nodes, inits, [vi("x", [1, 4, 3, 3])], [vi("y", [1, 6, 4, 4])]), "qdq-on-inputs", ["convt"])
+
+
 # -- residual-add-quantized -----------------------------------------------------------------------
 def test_residual_add_needs_dequantized_residual():
     assert_valid(qconv(residual="xd"))
     assert_only(qconv(residual="x"), "residual-add-quantized", ["add"])
+
+
+def _requantized_conv_add(residual_dq: bool):
+    """Conv -> Q -> DQ -> Add(residual): the Conv output quantized, the residual quantized or not."""
+    m = qconv()
+    m.graph.node.extend([helper.make_node("QuantizeLinear", ["c", "s_x", "zp_x"], ["cq"], name="q_c"),
+                         helper.make_node("DequantizeLinear", ["cq", "s_x", "zp_x"], ["cd"], name="dq_c"),
+                         helper.make_node("Add", ["cd", "xd" if residual_dq else "x"], ["y"], name="add")])
+    del m.graph.output[:]
+    m.graph.output.append(vi("y", [1, 4, 5, 5]))
+    return m
+
+
+def test_residual_add_after_requantized_conv():
+    assert_valid(_requantized_conv_add(True))
+    assert_only(_requantized_conv_add(False), "residual-add-quantized", ["add"])
 
 
 def test_residual_add_after_float_conv_is_not_checked():
@@ -315,6 +373,35 @@ def test_fp8_needs_opset_19():
 
 def test_fp8_e5m2_is_not_a_tensorrt_type():
     assert_only(_fp8_chain(19, TensorProto.FLOAT8E5M2), "qdq-dtype", ["q", "dq"])
+
+
+# -- int4-weight-only and INT4 opset ------------------------------------------------------------------
+def _int4_activation(opset=21):
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq")]
+    return model(nodes, [t("s", np.float32(0.1)), t("zp", np.int8(0), TensorProto.INT4)],
+                 [vi("x", [2])], [vi("y", [2])], opset=opset)
+
+
+def test_int4_on_an_activation_is_flagged():
+    assert_only(_int4_activation(), "int4-weight-only", ["q", "dq"])
+
+
+def test_int4_by_output_dtype_without_zero_point():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q", output_dtype=TensorProto.INT4),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")]
+    m = model(nodes, [t("s", np.float32(0.1))], [vi("x", [2])], [vi("y", [2])], opset=21)
+    assert_only(m, "int4-weight-only", ["q", "dq"])
+
+
+def test_int4_weight_needs_opset_21():
+    w = t("w_q", np.ones((8, 4), np.int8), TensorProto.INT4)  # per-tensor INT4 weight, weight-only MatMul
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "s_w", "zp_w"], ["w_d"], name="dq_w"),
+             helper.make_node("MatMul", ["x", "w_d"], ["y"], name="mm")]
+    inits = [w, t("s_w", np.float32(0.1)), t("zp_w", np.int8(0), TensorProto.INT4)]
+    mk = lambda opset: model(nodes, inits, [vi("x", [2, 8])], [vi("y", [2, 4])], opset=opset)  # noqa: E731
+    assert_valid(mk(21))
+    assert_only(mk(19), "qdq-dtype", ["dq_w"])
 
 
 # -- sparsity-2-4 ---------------------------------------------------------------------------------
@@ -349,6 +436,20 @@ def test_float_matmul_and_gemm_reduction_axis():
     mm = model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [t("w", w.T.copy())],
                [vi("x", [2, 4])], [vi("y", [2, 4])])
     assert_valid(mm, sparsity="2:4")                           # [K, N] = w.T: columns of w.T are rows of w
+    mm_bad = model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [t("w", w)],
+                   [vi("x", [2, 4])], [vi("y", [2, 4])])
+    assert_only(mm_bad, "sparsity-2-4", ["mm"], sparsity="2:4")  # 2:4 along N, not along K
+
+
+def test_sparse_nodes_limits_the_2_4_rule():
+    w = np.ones((4, 4), np.float32)  # dense
+    m = model([helper.make_node("MatMul", ["x", "w"], ["h"], name="dense_mm"),
+               helper.make_node("MatMul", ["h", "w2"], ["y"], name="sparse_mm")],
+              [t("w", w), t("w2", np.tile(np.array([[1], [0], [0], [1]], np.float32), (1, 4)))],
+              [vi("x", [2, 4])], [vi("y", [2, 4])])
+    assert_only(m, "sparsity-2-4", ["dense_mm"], sparsity="2:4")
+    assert check_model(m, sparsity="2:4", sparse_nodes={"sparse_mm"}) == []
+    assert [v.node for v in check_model(m, sparsity="2:4", sparse_nodes={"dense_mm", "sparse_mm"})] == ["dense_mm"]
 
 
 def test_nm_violations_counts_and_first_index():
@@ -371,6 +472,33 @@ def test_unnamed_nodes_get_a_stable_name():
     m = model([helper.make_node("ConvInteger", ["a", "b"], ["y"])], [],
               [vi("a", [1, 1, 2, 2], TensorProto.INT8), vi("b", [1, 1, 1, 1], TensorProto.INT8)], [vi("y", None)])
     assert [v.node for v in check_model(m)] == ["ConvInteger_0"]
+
+
+def test_zz_check_cli_names_node_and_rule_for_every_rule(tmp_path):
+    # `hwcompile check` on each rule's invalid models: exit 1 and one line per violation naming node and rule.
+    # The CLI first loads the model like compile does; cases it rejects as malformed ONNX (exit 2) are
+    # skipped, but every rule must have one case that reaches the rules.
+    from typer.testing import CliRunner
+
+    from hwcompile.cli import app
+
+    reached = set()
+    for rule, cases in INVALID.items():
+        for i, (m, nodes, kw) in enumerate(cases):
+            path = tmp_path / f"{rule}_{i}.onnx"
+            onnx.save(m, str(path))
+            args = ["check", str(path), "--target", "nvidia-ampere"]
+            if kw.get("sparsity"):
+                args += ["--sparsity", kw["sparsity"]]
+            r = CliRunner().invoke(app, args)
+            if r.exit_code == 2:
+                continue
+            assert r.exit_code == 1, (rule, r.output)
+            for node in nodes:
+                assert f"node '{node}': [{rule}]" in r.output, (rule, r.output)
+            reached.add(rule)
+            break
+    assert reached == set(RULES), set(RULES) - reached
 
 
 def test_zz_every_rule_has_an_invalid_case():

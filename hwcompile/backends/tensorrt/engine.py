@@ -6,11 +6,16 @@ on 11.x, where the flag is ignored): every tensor has the type the ONNX gives it
 INT8/FP8/INT4 exactly where Q/DQ put them, FP16 where the model casts, FP32 elsewhere. No
 precision flags, no calibrator.
 
+Dynamic shapes: every input with a -1 dimension needs an optimization profile (min, opt, max).
+``default_profiles`` gives a dynamic batch axis 0 the profile (1, 1, ``max_batch``); any other
+dynamic dimension must be given explicitly (``backend_settings.profiles`` in the target file).
+
 Timing: end-to-end latency is measured with CUDA events on the engine's stream (device time of
-``execute_async_v3``; ``with_copies`` adds the host<->device copies), per-layer time with an
-``IProfiler`` on a second execution context, so profiling does not perturb the end-to-end numbers.
-Layer names are TensorRT's; ``layer_nodes`` maps each to the ONNX nodes it fused (from the
-inspector's ``Metadata``), which is how times go back to layer ids.
+``execute_async_v3``; ``with_copies`` adds the host<->device copies); per-layer time comes from an
+``IProfiler`` attached to the same execution context only after the timed runs, so profiling does
+not perturb the end-to-end numbers (a second context would need its own optimization profile when
+shapes are dynamic). Layer names are TensorRT's; ``layer_nodes`` maps each to the ONNX nodes it
+fused (from the inspector's ``Metadata``), which is how times go back to layer ids.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import numpy as np
 from ...errors import BackendUnavailable, ConfigError, DataError, ModelLoadError, UnsupportedError
 
 __all__ = ["EngineBuildResult", "tensorrt_status", "build_engine", "load_engine", "profile_engine",
-           "summarize_layers", "validate_profiles", "write_atomic"]
+           "summarize_layers", "default_profiles", "validate_profiles", "write_atomic"]
 
 Shape = tuple[int, ...]
 Profiles = Mapping[str, tuple[Shape, Shape, Shape]]
@@ -43,8 +48,17 @@ class EngineBuildResult:
     build_seconds: float = 0.0
     tensorrt_version: str = ""
 
+    def summary(self) -> dict[str, Any]:
+        """Counts for the report: how many layers run INT8 (and other types) and how many chose sparse kernels."""
+        by_precision: dict[str, int] = {}
+        for lay in self.layers:
+            by_precision[lay["precision"]] = by_precision.get(lay["precision"], 0) + 1
+        return {"layers": len(self.layers), "by_precision": by_precision,
+                "int8_layers": [lay["name"] for lay in self.layers if lay["precision"] == "int8"],
+                "sparse_layers": [lay["name"] for lay in self.layers if lay["sparse"]]}
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "plan_path": str(self.plan_path)}
+        return {**asdict(self), "plan_path": str(self.plan_path), "summary": self.summary()}
 
 
 def tensorrt_status() -> tuple[bool, str]:
@@ -59,13 +73,14 @@ def tensorrt_status() -> tuple[bool, str]:
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
                  timing_cache_path: str | os.PathLike | None = None, sparse_weights: bool = False,
-                 profiles: Profiles | None = None, workspace_mb: int = 2048) -> EngineBuildResult:
+                 profiles: Profiles | None = None, max_batch: int = 1, workspace_mb: int = 2048) -> EngineBuildResult:
     """Parse ``onnx_path``, build a strongly typed engine, write it to ``plan_path`` atomically.
 
     ``timing_cache_path`` is loaded if it exists (a cache from another GPU or TensorRT version
-    is dropped) and saved after the build. ``profiles`` gives (min, opt, max) shapes per input and
-    is required for every input with a dynamic dimension. Raises UnsupportedError listing the
-    parser's errors by ONNX node, ConfigError for bad profiles, BackendUnavailable without TensorRT.
+    is dropped) and saved after the build. ``profiles`` gives (min, opt, max) shapes per input;
+    inputs with a dynamic dimension and no profile get ``default_profiles(..., max_batch)``.
+    Raises UnsupportedError listing the parser's errors by ONNX node, ConfigError for bad
+    profiles, BackendUnavailable without TensorRT.
     """
     trt = _import_trt()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -81,6 +96,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
                                where=str(onnx_path),
                                hint="check the model with hwcompile.backends.tensorrt.rules.check_model")
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    profiles = default_profiles(inputs, profiles, max_batch=max_batch)
     validate_profiles(inputs, profiles)
 
     config = builder.create_builder_config()
@@ -96,8 +112,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     if timing_cache_path is not None:
         cache_file = Path(timing_cache_path)
         blob = cache_file.read_bytes() if cache_file.is_file() else b""
-        if not config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)  # stale cache
+        cache = config.create_timing_cache(blob) if blob else None  # None: unreadable (another version)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):  # or another GPU
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -167,12 +184,12 @@ def profile_engine(plan_path: str | os.PathLike, feeds: Mapping[str, np.ndarray]
         def report_layer_time(self, layer_name: str, ms: float) -> None:
             times.setdefault(layer_name, []).append(ms)
 
-    ctx = s.engine.create_execution_context()
-    ctx.profiler = _Profiler()
-    s.bind(ctx, feeds)
+    profiler = _Profiler()  # a reference kept here: the context holds only a raw pointer to it
+    s.context.profiler = profiler  # after the timed runs: per-layer reporting adds overhead
     for _ in range(max(1, repeats)):
-        s.enqueue(ctx)
+        s.enqueue(s.context)
         s.sync()
+    s.context.profiler = None
     info = s.engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     q = np.percentile(compute, [10, 25, 75, 90])
     return {
@@ -228,6 +245,24 @@ def summarize_layers(info_json: str) -> list[dict[str, Any]]:
     return out
 
 
+def default_profiles(inputs: Mapping[str, Shape], profiles: Profiles | None = None, *,
+                     max_batch: int = 1) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """``profiles`` plus (1, 1, ``max_batch``) on axis 0 for every dynamic input without one.
+
+    Only a dynamic batch (axis 0) is filled in; an input with another dynamic dimension is left
+    without a profile, which ``validate_profiles`` then reports naming the input.
+    """
+    out = {k: tuple(tuple(int(d) for d in s) for s in v) for k, v in (profiles or {}).items()}
+    if max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1, got {max_batch}", where="backend_settings.max_batch")
+    for name, dims in inputs.items():
+        if name in out or not dims or any(d < 0 for d in dims[1:]) or dims[0] >= 0:
+            continue
+        rest = tuple(int(d) for d in dims[1:])
+        out[name] = ((1, *rest), (1, *rest), (int(max_batch), *rest))
+    return out  # type: ignore[return-value]
+
+
 def validate_profiles(inputs: Mapping[str, Shape], profiles: Profiles | None) -> None:
     """Raise ConfigError unless every dynamic input (a -1 dim) has a (min, opt, max) profile that fits."""
     profiles = profiles or {}
@@ -239,7 +274,8 @@ def validate_profiles(inputs: Mapping[str, Shape], profiles: Profiles | None) ->
         if name not in profiles:
             if any(d < 0 for d in dims):
                 raise ConfigError(f"input {name!r} has dynamic shape {list(dims)} and no profile",
-                                  where=f"profiles.{name}", hint="give (min, opt, max) shapes for it")
+                                  where=f"profiles.{name}",
+                                  hint="give (min, opt, max) shapes for it in backend_settings.profiles")
             continue
         lo, opt, hi = (tuple(int(d) for d in s) for s in profiles[name])
         if not len(lo) == len(opt) == len(hi) == len(dims):
@@ -362,7 +398,9 @@ class _Session:
             raise DataError(f"missing feeds {missing}", where="feeds", hint=f"engine inputs: {self.inputs}")
         for n in self.inputs:
             arr = np.ascontiguousarray(feeds[n], dtype=self.trt.nptype(self.engine.get_tensor_dtype(n)))
-            ctx.set_input_shape(n, arr.shape)
+            if not ctx.set_input_shape(n, arr.shape):
+                raise DataError(f"input {n!r} shape {list(arr.shape)} is outside the engine's optimization profile",
+                                where="feeds", hint=f"{self.log.errors() or 'rebuild with a wider profile'}")
             self.host[n] = arr
         for n in self.outputs:
             self.host[n] = np.empty(tuple(ctx.get_tensor_shape(n)), self.trt.nptype(self.engine.get_tensor_dtype(n)))

@@ -24,7 +24,7 @@ inputs are all constant ("initializer chain").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import onnx
@@ -43,8 +43,11 @@ RULES: dict[str, str] = {
                              "no float weight into a quantized op",
     "qdq-on-inputs": "a Conv/ConvTranspose/Gemm/MatMul with any DQ input has DQ on every input "
                      "(float ops and weight-only MatMul/Gemm allowed)",
-    "residual-add-quantized": "an Add fed by a quantized Conv gets its residual input from a DequantizeLinear",
+    "residual-add-quantized": "an Add fed by a quantized Conv (directly or through Q/DQ) gets its residual input "
+                              "from a DequantizeLinear",
     "opset-fp8": "FP8 Q/DQ need default-domain opset >= 19",
+    "int4-weight-only": "INT4 Q/DQ (INT4 told by the zero point's dtype, else the data's or output_dtype) only on "
+                        "constant weights: TensorRT's INT4 is weight-only",
     "sparsity-2-4": "with sparsity 2:4, Conv/Gemm/MatMul weights have <= 2 nonzeros in every 4 along the reduction axis",
 }
 
@@ -56,9 +59,16 @@ class Violation:
     message: str
 
 
-def check_model(model: onnx.ModelProto, *, sparsity: str | None = None) -> list[Violation]:
-    """All violations of ``RULES`` in ``model``, rule by rule, nodes in graph order."""
+def check_model(model: onnx.ModelProto, *, sparsity: str | None = None,
+                sparse_nodes: Collection[str] | None = None) -> list[Violation]:
+    """All violations of ``RULES`` in ``model``, rule by rule, nodes in graph order.
+
+    With ``sparsity="2:4"`` the 2:4 rule checks every Conv/Gemm/MatMul weight, or only the nodes
+    named in ``sparse_nodes`` (the layers the plan made sparse: TensorRT's SPARSE_WEIGHTS uses
+    sparse kernels where weights allow and dense ones elsewhere, so a dense layer is no error).
+    """
     idx = _Index(model)
+    idx.sparse_nodes = None if sparse_nodes is None else set(sparse_nodes)
     out: list[Violation] = []
     for rule, fn in _CHECKS.items():
         if rule == "sparsity-2-4" and (sparsity or "").strip() != "2:4":
@@ -93,6 +103,7 @@ class _Index:
         self.types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
         self._names = {id(n): n.name or f"{n.op_type}_{i}" for i, n in enumerate(self.nodes)}
         self._const: dict[str, bool] = {}
+        self.sparse_nodes: set[str] | None = None  # 2:4 rule: only these nodes (None: all)
 
     def name(self, node: onnx.NodeProto) -> str:
         return self._names[id(node)]
@@ -318,12 +329,24 @@ def _residual_add_quantized(idx: _Index) -> Found:
     for add in idx.nodes:
         if add.op_type != "Add" or len(add.input) != 2 or any(idx.is_const(v) for v in add.input):
             continue
-        prods = [idx.producer.get(v) for v in add.input]
-        from_qconv = [p for p in prods if p is not None and p.op_type == "Conv" and _activation_quantized(idx, p)]
-        if from_qconv and not any(p is not None and p.op_type == "DequantizeLinear" for p in prods):
-            residual = next((v for v, p in zip(add.input, prods) if p is not from_qconv[0]), add.input[1])
-            yield add, (f"Add after quantized Conv '{idx.name(from_qconv[0])}' has float residual input "
-                        f"'{residual}'; feed it through QuantizeLinear -> DequantizeLinear so Conv+Add fuse in INT8")
+        convs = [_quantized_conv_source(idx, v) for v in add.input]
+        for side, conv in enumerate(convs):
+            if conv is None:
+                continue
+            residual = add.input[1 - side]
+            if idx.dq_feeding(residual) is None:
+                yield add, (f"Add after quantized Conv '{idx.name(conv)}' has float residual input '{residual}'; "
+                            "feed it through QuantizeLinear -> DequantizeLinear so Conv+Add fuse in INT8")
+                break
+
+
+def _quantized_conv_source(idx: _Index, value: str) -> onnx.NodeProto | None:
+    """The activation-quantized Conv producing ``value`` directly or through one Q -> DQ pair."""
+    p = idx.producer.get(value)
+    if p is not None and p.op_type == "DequantizeLinear":
+        q = idx.producer.get(p.input[0])
+        p = idx.producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+    return p if p is not None and p.op_type == "Conv" and _activation_quantized(idx, p) else None
 
 
 def _opset_fp8(idx: _Index) -> Found:
@@ -334,9 +357,18 @@ def _opset_fp8(idx: _Index) -> Found:
             yield n, f"FP8 {n.op_type} needs opset >= 19, model has {idx.opset}"
 
 
+def _int4_weight_only(idx: _Index) -> Found:
+    for n in idx.nodes:
+        if n.op_type in QDQ and _q_dtype(idx, n) == TensorProto.INT4 and not idx.is_const(n.input[0]):
+            yield n, (f"INT4 {n.op_type} on activation '{n.input[0]}': TensorRT supports INT4 only as weight-only "
+                      "quantization (an INT4 initializer -> DequantizeLinear -> MatMul/Gemm); use INT8 or FP8 here")
+
+
 def _sparsity_2_4(idx: _Index) -> Found:
     for op in idx.nodes:
         if op.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        if idx.sparse_nodes is not None and idx.name(op) not in idx.sparse_nodes:
             continue
         w = _input(op, 1)
         dq = idx.dq_feeding(w) if w else None
@@ -379,6 +411,7 @@ _CHECKS: dict[str, Callable[[_Index], Found]] = {
     "qdq-on-inputs": _qdq_on_inputs,
     "residual-add-quantized": _residual_add_quantized,
     "opset-fp8": _opset_fp8,
+    "int4-weight-only": _int4_weight_only,
     "sparsity-2-4": _sparsity_2_4,
 }
 assert list(_CHECKS) == list(RULES)
