@@ -82,6 +82,36 @@ def test_min_latency_under_snr_floor_and_size_budget_matches_brute_force(seed):
     assert sol.predicted_snr_db >= floor - 1e-6 and sol.predicted_size_bytes <= size + 1e-3
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_boundaries_match_brute_force(seed):
+    # A boundary on a big tensor costs more than one on a small tensor (edge_weight), in the
+    # prediction and in the MILP alike: both objectives agree with brute force.
+    p = random_problem(seed, layers=5, boundary=0.3)
+    p = Problem(p.layers, p.candidates, p.damage, p.latency, p.size, edges=p.edges,
+                edge_weight=np.random.default_rng(seed + 50).uniform(0.1, 4.0, len(p.edges)), boundary_ms=0.3,
+                latency_offset_ms=0.3)
+    a = {l: ("fp32" if i % 2 else "fp16") for i, l in enumerate(p.layers)}
+    s = predict(p, a)
+    mixed = [e for e, (i, j) in enumerate(p.edges) if a[p.layers[i]] != a[p.layers[j]]]
+    assert s.boundaries == len(mixed) and s.boundary_weight == pytest.approx(p.edge_weight[mixed].sum())
+    assert s.predicted_latency_ms == pytest.approx(sum(p.latency[i, p.candidates.index(a[l])]
+                                                       for i, l in enumerate(p.layers))
+                                                   + 0.3 * p.edge_weight[mixed].sum() + 0.3)
+    lats = sorted(x.predicted_latency_ms for x in all_assignments(p))
+    budget = lats[len(lats) // 3]
+    sol = solve(p, minimize="damage", latency_budget_ms=budget)
+    assert sol.predicted_noise == pytest.approx(brute(p, "damage", lat=budget).predicted_noise, rel=1e-6, abs=1e-12)
+    fast = solve(p, minimize="latency", min_snr_db=22.0)
+    best = brute(p, "latency", snr=22.0)
+    assert fast.predicted_latency_ms == pytest.approx(best.predicted_latency_ms, rel=1e-6)
+
+
+def test_edge_weights_must_match_edges():
+    with pytest.raises(ConfigError):
+        Problem(["a", "b"], ["fp32"], np.zeros((2, 1)), np.ones((2, 1)), np.ones((2, 1)), edges=[(0, 1)],
+                edge_weight=np.ones(2))
+
+
 def test_ties_are_broken_toward_the_faster_plan():
     # Two candidates with zero damage: minimizing damage alone cannot choose; the faster must win.
     p = Problem(["a", "b"], ["fp32", "fp16"], np.zeros((2, 2)), np.array([[1.0, 0.5], [1.0, 0.25]]),

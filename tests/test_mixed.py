@@ -53,7 +53,7 @@ class SyntheticDevice(OnnxRuntimeBackend):
         return Profile(timing=Timing(e2e, 0.0, e2e, e2e, repeats, warmup, 1), layers_ms=layers if per_layer else {})
 
 
-def search(device, tmp_path, monkeypatch, **opts):
+def search(device, tmp_path, monkeypatch, so: SearchOptions | None = None, **opts):
     monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
     graph = from_proto(fragile_model())
     calib = Dataset({"x": np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)}, source="r")
@@ -61,7 +61,7 @@ def search(device, tmp_path, monkeypatch, **opts):
     base = PrecisionPlan.uniform("fp32")
     base.target = TARGET.name
     return plan_mixed(graph, base, TARGET, device, calib, None, options, None, None, tmp_path, lambda s: None,
-                      SearchOptions(use_cache=False))
+                      so or SearchOptions(use_cache=False))
 
 
 def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
@@ -88,6 +88,49 @@ def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
     assert info["sensitivity"]["rows"][0]["layer"] == "conv_b"
     saved = json.loads((tmp_path / "search" / "progress.json").read_text())
     assert saved["stage"] == "done" and saved["plan"]["layers"] == plan.to_dict()["layers"]
+
+
+class DriftingDevice(SyntheticDevice):
+    """The synthetic device on a shared machine: every timing is multiplied by a load factor that
+    changes every ``period`` profiler calls (another process starting and stopping)."""
+
+    def __init__(self, *a, loads=(1.0, 2.5, 1.3, 1.8), period=10, **kw):
+        super().__init__(*a, **kw)
+        self.loads, self.period, self.calls = loads, period, 0
+
+    def profile(self, artifact, target, feeds, **kw):
+        prof = super().profile(artifact, target, feeds, **kw)
+        f = self.loads[(self.calls // self.period) % len(self.loads)]
+        self.calls += 1
+        t = prof.timing
+        prof.timing = Timing(t.latency_ms * f, 0.0, t.p10_ms * f, t.p90_ms * f, t.repeats, t.warmup, t.threads)
+        return prof
+
+
+def test_load_changes_cancel_against_the_fp32_reference(tmp_path, monkeypatch):
+    # Same device as test_feedback_learns_the_boundary_cost, but the machine's load swings by up to
+    # 2.5x while the search runs. Each plan alternates with FP32 in 5 rounds; a load change falls in
+    # at most one of them, so the median ratio is exact and the search reaches the same plan and the
+    # same boundary cost (in FP32 units) as on a quiet machine.
+    dev = DriftingDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6)
+    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False, rounds=5))
+    ref = info["search"]["fp32_reference_ms"]
+    fb = info["feedback"]
+    assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
+    assert fb[0]["ratio_to_fp32"] == pytest.approx(2.7 / 3.2)
+    assert fb[0]["measured_latency_ms"] == pytest.approx(2.7 / 3.2 * ref)
+    uni = {u["name"]: u for u in info["uniform"]}
+    assert uni["int8"]["ratio_to_fp32"] == pytest.approx(1.1 / 3.2)
+    assert uni["fp32"]["latency_ms"] == pytest.approx(ref)
+    # the raw medians did see the load: without the reference they would disagree with the table
+    raw = [p["latency_ms_raw"] / p["ratio_to_fp32"] for p in info["measured"]]
+    assert max(raw) / min(raw) > 1.2
+    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(0.6 / 3.2 * ref, rel=1e-6)
+    assert {c.candidate for c in plan.layers.values()} == {"fp16"}
+    # after feedback, predictions made before measuring a plan match the measurement
+    check = info["search"]["prediction_check"]
+    assert check["before_feedback"] and abs(check["before_feedback"][0]["error_pct"]) > 10
+    assert all(abs(r["error_pct"]) < 1e-6 for r in check["after_feedback"])
 
 
 def test_never_slower_than_fp32(tmp_path, monkeypatch):

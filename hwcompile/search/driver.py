@@ -5,7 +5,10 @@
 1. **Sensitivity** (``analysis.sensitivity``): each layer's output damage alone under each
    candidate, ``D_ic = 10^(-snr_ic/10)``.
 2. **Uniform builds** (``search.latency``): every candidate as a uniform plan, lowered, profiled per
-   layer (per-layer times cached on disk) and evaluated: the ``uniform`` reference points.
+   layer (per-layer times cached on disk) and evaluated: the ``uniform`` reference points. They are
+   measured points like any other, so uniform INT8 (and every uniform candidate) seeds the front
+   and the choice: the search can never return a plan it measured slower than one of them at the
+   same accuracy.
 3. **Solve** (``search.milp``) with the objective the options ask for:
    - ``--max-accuracy-drop`` given, or no budget at all: minimize latency under an accuracy floor
      (and any budgets). The drop is in **points of the metric** for top1/top5 (1.0 = one percentage
@@ -20,8 +23,9 @@
    the builds that kept it. Every new measurement refines the floor.
 4. **Feedback**: the chosen plan is built and measured end to end (latency, size, metrics). The
    latency model is corrected for what per-layer figures miss: ``measured - predicted = L0 + t*b``
-   with ``b`` the number of layer-to-layer edges whose endpoints take different candidates
-   (conversions at precision boundaries) and ``t >= 0``, least squares over every measured plan;
+   with ``b`` the summed weight of the layer-to-layer edges whose endpoints take different
+   candidates (conversions at precision boundaries; an edge weighs the size of the tensor crossing
+   it relative to the mean edge) and ``t >= 0``, least squares over every measured plan;
    predicted noise is scaled by ``k`` = geometric mean of measured/predicted noise; the size
    offset is the mean measured artifact size minus predicted weight bytes. Re-solve; stop when
    the plan repeats, or the predicted latency is within 5 % of the measured one and the plan meets
@@ -30,6 +34,15 @@
    points; the Pareto front (latency vs the accuracy metric) is drawn from all measured points.
 6. **Choose** the best measured plan meeting every constraint and not slower than the FP32 build
    (FP32 with the reason if none is); every layer's ``LayerChoice.reason`` says why.
+
+**End-to-end latency is measured against the FP32 build**, because the machine may be shared: the
+plan and the FP32 reference are profiled alternately for ``SearchOptions.rounds`` rounds, the
+plan's latency is the median per-round ratio plan/FP32 times the FP32 latency (the median of every
+FP32 round of the whole search). Load that comes and goes slows both alike and cancels in the
+ratio; every measured point, uniform table and feedback figure is on that one scale (refreshed as
+FP32 rounds accumulate). Each point keeps its own raw median as ``latency_ms_raw``.
+``search.prediction_check`` compares each plan's predicted latency, made before it was measured,
+with the measurement: ``before_feedback`` (no mixed plan measured yet) and ``after_feedback``.
 
 The best plan so far and the Pareto front are saved after every measurement to
 ``<tmp>/search/progress.json`` (atomic), so an interrupted run still leaves a result.
@@ -75,6 +88,7 @@ class SearchOptions:
     candidates: tuple[str, ...] | None = None
     use_cache: bool = True
     keep_builds: bool = False
+    rounds: int = 4                    # end-to-end timing rounds alternating plan and FP32 (docstring)
 
 
 def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, calib: Dataset | None,
@@ -113,8 +127,10 @@ class _Search:
         self.ids = [n.name for n in self.layers]
         self.points: list[dict] = []
         self.feedback: list[dict] = []
-        self.uniform: list[dict] = []
         self.problem: Problem | None = None
+        self.ref_art: Artifact | None = None        # the FP32 build every latency is measured against
+        self.ref_rounds: list[float] = []           # its per-round medians over the whole search
+        self.lat_raw: dict[str, dict] = {}          # uniform tables as profiled, before rescaling
         self.corr = {"latency_offset_ms": 0.0, "boundary_ms": 0.0, "damage_scale": 1.0, "size_offset_bytes": 0.0}
         self.lat_budget = getattr(options, "latency_budget_ms", None)
         size_mb = getattr(options, "size_budget_mb", None)
@@ -142,7 +158,9 @@ class _Search:
                                    calib=self.calib, quant=self.base.quant, repeats=self.opt.repeats,
                                    warmup=self.opt.warmup, cache=self.cache, use_cache=self.so.use_cache,
                                    visit=self._visit_uniform, progress=self.progress)
-        self.problem = self._problem(sens, [c for c in cands if c.name in self.lat.layers])
+        self.lat_raw = {c: self.lat.record(c) for c in self.lat.layers}
+        self.cands = [c for c in cands if c.name in self.lat.layers]
+        self.problem = self._problem(sens, self.cands)
         self._fit()
         self._save("uniform")
         converged = self._feedback_loop()
@@ -156,12 +174,13 @@ class _Search:
         if self.ref is None and cand == FP32:
             self.ref = outs
             metrics["snr_db"] = snr_db(outs, outs)
-        point = {"source": f"uniform:{cand.name}", "name": cand.name, "latency_ms": prof.timing.latency_ms,
-                 "latency_ms_spread": prof.timing.latency_ms_spread, "size_bytes": _artifact_size(art),
-                 "metrics": metrics, "assignment": self._uniform_assignment(cand)}
-        self.uniform.append({k: point[k] for k in ("name", "latency_ms", "latency_ms_spread", "size_bytes", "metrics")})
+        if cand == FP32:
+            self.ref_art = art
+        point = {"source": f"uniform:{cand.name}", "name": cand.name, **self._time(art),
+                 "size_bytes": _artifact_size(art), "metrics": metrics, "assignment": self._uniform_assignment(cand)}
         self.points.append(point)
-        self._discard(art.directory)
+        if art is not self.ref_art:
+            self._discard(art.directory)
         self._save(f"uniform {cand.name}")
 
     def _feedback_loop(self) -> str:
@@ -215,7 +234,8 @@ class _Search:
                                           compressed_sparse=compressed)
         lat = self.lat.costs(self.ids, names)
         dmg[np.isnan(lat)] = np.nan
-        return Problem(self.ids, names, dmg, np.nan_to_num(lat, nan=0.0), size, edges=_layer_edges(self.g))
+        edges, weight = _layer_edges(self.g)
+        return Problem(self.ids, names, dmg, np.nan_to_num(lat, nan=0.0), size, edges=edges, edge_weight=weight)
 
     def _corrected(self) -> Problem:
         return dataclasses.replace(self.problem, **self.corr)
@@ -237,11 +257,12 @@ class _Search:
 
     def _fit(self) -> None:
         """Least-squares corrections from every measured plan (module docstring, step 4)."""
+        self._refresh()
         raw = dataclasses.replace(self.problem, boundary_ms=0.0, latency_offset_ms=0.0, size_offset_bytes=0.0,
                                   damage_scale=1.0)
         preds = [predict(raw, p["assignment"]) for p in self.points]
         r = np.array([p["latency_ms"] - s.predicted_latency_ms for p, s in zip(self.points, preds)])
-        b = np.array([s.boundaries for s in preds], dtype=float)
+        b = np.array([s.boundary_weight for s in preds], dtype=float)
         c0, t = float(np.mean(r)), 0.0
         if np.ptp(b) > 0:
             (t, c0), *_ = np.linalg.lstsq(np.stack([b, np.ones_like(b)], 1), r, rcond=None)
@@ -262,22 +283,68 @@ class _Search:
         out = Path(tempfile.mkdtemp(prefix="plan-", dir=self.work))
         _, art = build(self.g, self._plan(sol.assignment, None), self.target, self.backend, out, self.calib,
                        cache=self.cache)
-        prof = self.backend.profile(art, self.target, self.feeds, repeats=self.opt.repeats, warmup=self.opt.warmup,
-                                    per_layer=False)
+        timing = self._time(art)
         metrics, _ = evaluate(self.backend, art, self.target, self.eval, self.g, self.ref, self.opt.metric)
-        point = {"source": source, "latency_ms": prof.timing.latency_ms,
-                 "latency_ms_spread": prof.timing.latency_ms_spread, "size_bytes": _artifact_size(art),
-                 "metrics": metrics, "assignment": dict(sol.assignment), "predicted": sol.to_dict()}
+        point = {"source": source, **timing, "size_bytes": _artifact_size(art),
+                 "metrics": metrics, "assignment": dict(sol.assignment), "predicted": sol.to_dict(),
+                 "mixed_points_in_fit": sum(1 for p in self.points if not p["source"].startswith("uniform:"))}
         point["predicted"].pop("assignment")
+        point["latency_ms_at_measurement"] = point["latency_ms"]
         self.points.append(point)
         self._discard(out)
         return point
 
+    def _time(self, art: Artifact) -> dict:
+        """End-to-end latency against the FP32 reference, in alternating rounds (module docstring)."""
+        rounds = max(1, self.so.rounds)
+        n, warm = max(1, self.opt.repeats // rounds), max(1, self.opt.warmup // rounds)
+        run = lambda a: self.backend.profile(a, self.target, self.feeds, repeats=n, warmup=warm,
+                                             per_layer=False).timing.latency_ms
+        ref, own, ratios = self.ref_art, [], []
+        for _ in range(rounds):
+            t = run(art)
+            own.append(t)
+            if ref is not None:
+                r = t if art is ref else run(ref)
+                self.ref_rounds.append(r)
+                ratios.append(t / r)
+        q1, q3 = np.percentile(ratios or own, [25, 75])
+        rec = {"latency_ms_raw": float(np.median(own)), "ratio_to_fp32": float(np.median(ratios)) if ratios else None,
+               "ratio_iqr": float(q3 - q1) if ratios else None, "rounds": rounds,
+               "latency_ms_raw_spread": float(np.subtract(*np.percentile(own, [75, 25])))}
+        self._scale(rec)
+        return rec
+
+    def _ref_ms(self) -> float | None:
+        return float(np.median(self.ref_rounds)) if self.ref_rounds else None
+
+    def _scale(self, p: dict) -> None:
+        ref = self._ref_ms()
+        if p.get("ratio_to_fp32") is None or ref is None:
+            p["latency_ms"], p["latency_ms_spread"] = p["latency_ms_raw"], p["latency_ms_raw_spread"]
+        else:
+            p["latency_ms"], p["latency_ms_spread"] = p["ratio_to_fp32"] * ref, p["ratio_iqr"] * ref
+
+    def _refresh(self) -> None:
+        """Points and uniform tables on the current FP32 scale; the problem rebuilt from them."""
+        from .latency import _rescaled
+
+        for p in self.points:
+            self._scale(p)
+        for c, rec in self.lat_raw.items():
+            u = next((p for p in self.points if p["source"] == f"uniform:{c}"), None)
+            if u is not None:
+                self.lat.add(c, _rescaled(rec, u["latency_ms"], u["latency_ms_spread"]))
+        if self.lat_raw:
+            self.problem = self._problem(self.sens, self.cands)
+
     def _log_feedback(self, it: int, sol: Solution, point: dict, repeated: bool) -> None:
         self.feedback.append({"iteration": it, "predicted_latency_ms": sol.predicted_latency_ms,
-                              "measured_latency_ms": point["latency_ms"], "predicted_snr_db": sol.predicted_snr_db,
+                              "measured_latency_ms": point["latency_ms"], "latency_ms_raw": point["latency_ms_raw"],
+                              "ratio_to_fp32": point["ratio_to_fp32"], "predicted_snr_db": sol.predicted_snr_db,
                               "metrics": point["metrics"], "size_bytes": point["size_bytes"],
-                              "boundaries": sol.boundaries, "plan_summary": _summary(sol.assignment),
+                              "boundaries": sol.boundaries, "boundary_weight": sol.boundary_weight,
+                              "plan_summary": _summary(sol.assignment),
                               "repeated": repeated, "corrections_used": dict(self.corr),
                               "assignment": dict(sol.assignment)})
 
@@ -385,13 +452,31 @@ class _Search:
                                                                              "metrics")}}
         if best is not None:
             search["budget_met"] = self._budget_ok(best)
+        search["prediction_check"] = self._prediction_check()
+        search["fp32_reference_ms"] = self._ref_ms()
         sens = getattr(self, "sens", None)
-        measured = [{"source": p["source"], "latency_ms": p["latency_ms"], "latency_ms_spread": p["latency_ms_spread"],
-                     "size_bytes": p["size_bytes"], "metrics": p["metrics"], "plan_summary": _summary(p["assignment"]),
+        keys = ("latency_ms", "latency_ms_spread", "latency_ms_raw", "ratio_to_fp32", "size_bytes", "metrics")
+        measured = [{"source": p["source"], **{k: p[k] for k in keys}, "plan_summary": _summary(p["assignment"]),
                      "assignment": dict(p["assignment"])} for p in self.points]
-        return {"pareto": self._pareto(), "uniform": self.uniform, "feedback": self.feedback, "measured": measured,
+        uniform = [{"name": p["name"], **{k: p[k] for k in keys}} for p in self.points if "name" in p]
+        return {"pareto": self._pareto(), "uniform": uniform, "feedback": self.feedback, "measured": measured,
                 "sensitivity": sens.to_dict(top=20) if sens else {}, "accuracy_metric": self.metric,
                 "search": search}
+
+    def _prediction_check(self) -> dict:
+        """Predicted latency (made before the plan was measured) vs its measurement, per plan."""
+        rows = []
+        for p in self.points:
+            if "predicted" not in p:
+                continue
+            pred, meas = p["predicted"]["predicted_latency_ms"], p["latency_ms_at_measurement"]
+            rows.append({"source": p["source"], "predicted_latency_ms": pred, "measured_latency_ms": meas,
+                         "error_pct": 100.0 * (pred / meas - 1.0), "mixed_points_in_fit": p["mixed_points_in_fit"]})
+        after = [r for r in rows if r["mixed_points_in_fit"] > 0]
+        worst = max((abs(r["error_pct"]) for r in after), default=None)
+        return {"before_feedback": [r for r in rows if r["mixed_points_in_fit"] == 0], "after_feedback": after,
+                "after_feedback_max_abs_error_pct": worst,
+                "after_feedback_within_10pct": None if worst is None else worst <= 10.0}
 
     def _final_plan(self, best: dict | None, note: str | None) -> PrecisionPlan:
         fallback = note if best is None or (note and best is self._fp32_point()) else None
@@ -404,6 +489,8 @@ class _Search:
         write_text_atomic(self.work / "progress.json", json.dumps(data, indent=1, default=float) + "\n")
 
     def _finish(self, converged: str | None, no_search: str | None) -> tuple[PrecisionPlan, dict]:
+        if self.ref_art is not None:
+            self._discard(self.ref_art.directory)
         best, note = (None, no_search) if no_search else self._best()
         plan = self._final_plan(best, note)
         info = self._info(best, note, converged)
@@ -426,8 +513,9 @@ def _summary(assignment: dict[str, str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _layer_edges(graph: Graph) -> list[tuple[int, int]]:
-    """(i, j) when layer j reads layer i's output directly or through non-layer ops only."""
+def _layer_edges(graph: Graph) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """(i, j) when layer j reads layer i's output directly or through non-layer ops only, and per edge
+    the element count of layer i's output relative to the mean over edges (symbolic dims count 1)."""
     layers = graph.layers()
     index = {id(n): k for k, n in enumerate(layers)}
     edges = set()
@@ -443,4 +531,13 @@ def _layer_edges(graph: Graph) -> list[tuple[int, int]]:
                     edges.add((i, index[id(user)]))
                 else:
                     stack.extend(user.outputs)
-    return sorted(edges)
+    edges = sorted(edges)
+    numel = np.array([_numel(layers[i].outputs[0]) for i, _ in edges], dtype=np.float64)
+    return edges, (numel / numel.mean() if len(edges) else numel)
+
+
+def _numel(value) -> float:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return 1.0
+    return float(np.prod([d if isinstance(d, int) else 1 for d in shape], dtype=np.float64))

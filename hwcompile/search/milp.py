@@ -5,13 +5,16 @@ boundaries cost time, ``y_e`` in [0, 1] for each layer-to-layer edge e = (i, j),
 i and j take different candidates by ``y_e >= x_ic - x_jc`` for every c.
 
     sum_c x_ic = 1                                                        (every layer one choice)
-    latency(x) = sum_ic L_ic x_ic + t sum_e y_e + L0                      [ms]
+    latency(x) = sum_ic L_ic x_ic + t sum_e w_e y_e + L0                  [ms]
     size(x)    = sum_ic S_ic x_ic + S0                                    [bytes]
     noise(x)   = k sum_ic D_ic x_ic,   D_ic = 10^(-snr_ic/10)              predicted SNR = -10 log10 noise
 
 ``D_ic`` is layer i's noise-to-signal ratio alone with candidate c; independent noise powers add,
 so the sum predicts the plan's output noise; ``k`` (default 1) is a correction fitted from
-measured builds, ``t`` and ``L0`` likewise for latency. Objectives:
+measured builds, ``t`` and ``L0`` likewise for latency. ``w_e`` (``Problem.edge_weight``, default 1)
+scales the boundary cost per edge: the driver passes the size of the tensor crossing the edge
+relative to the mean, since a conversion (Q, DQ, Cast) costs time in proportion to the elements it
+converts; ``t`` is then the cost of a boundary on an average-sized tensor. Objectives:
 ``minimize="damage"``: min noise s.t. latency <= budget and/or size <= budget;
 ``minimize="latency"``: min latency s.t. noise <= 10^(-min_snr/10) and the optional budgets.
 Ties are broken lexicographically (a second solve: among optimal plans, the fastest or the least
@@ -40,6 +43,7 @@ class Problem:
     latency: np.ndarray
     size: np.ndarray
     edges: list[tuple[int, int]] = field(default_factory=list)
+    edge_weight: np.ndarray | None = None      # per edge, default 1 (module docstring)
     boundary_ms: float = 0.0
     latency_offset_ms: float = 0.0
     size_offset_bytes: float = 0.0
@@ -52,6 +56,11 @@ class Problem:
             if arr.shape != shape:
                 raise ConfigError(f"table shape {arr.shape}, expected {shape}", where=f"Problem.{name}")
             setattr(self, name, arr)
+        self.edge_weight = (np.ones(len(self.edges)) if self.edge_weight is None
+                            else np.asarray(self.edge_weight, dtype=np.float64).reshape(-1))
+        if self.edge_weight.shape != (len(self.edges),):
+            raise ConfigError(f"{self.edge_weight.size} edge weights for {len(self.edges)} edges",
+                              where="Problem.edge_weight")
         self.allowed = ~(np.isnan(self.damage) | np.isnan(self.latency) | np.isnan(self.size))
         empty = [self.layers[i] for i in range(shape[0]) if not self.allowed[i].any()]
         if empty:
@@ -67,6 +76,7 @@ class Solution:
     predicted_snr_db: float
     boundaries: int
     objective: str = ""
+    boundary_weight: float = 0.0      # sum of edge weights over the boundaries
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,13 +90,15 @@ def predict(problem: Problem, assignment: dict[str, str], objective: str = "") -
     """Predicted latency, size and noise of an assignment (layer id -> candidate name)."""
     idx = [problem.candidates.index(assignment[l]) for l in problem.layers]
     rows = np.arange(len(idx))
-    b = sum(1 for i, j in problem.edges if idx[i] != idx[j])
+    mixed = [e for e, (i, j) in enumerate(problem.edges) if idx[i] != idx[j]]
+    bw = float(np.sum(problem.edge_weight[mixed])) if mixed else 0.0
     noise = problem.damage_scale * float(np.sum(problem.damage[rows, idx]))
     return Solution(assignment=dict(assignment),
-                    predicted_latency_ms=float(np.sum(problem.latency[rows, idx]) + problem.boundary_ms * b
+                    predicted_latency_ms=float(np.sum(problem.latency[rows, idx]) + problem.boundary_ms * bw
                                                + problem.latency_offset_ms),
                     predicted_size_bytes=float(np.sum(problem.size[rows, idx]) + problem.size_offset_bytes),
-                    predicted_noise=noise, predicted_snr_db=snr_from_noise(noise), boundaries=b, objective=objective)
+                    predicted_noise=noise, predicted_snr_db=snr_from_noise(noise), boundaries=len(mixed), objective=objective,
+                    boundary_weight=bw)
 
 
 def solve(problem: Problem, *, minimize: str = "damage", latency_budget_ms: float | None = None,
@@ -122,6 +134,7 @@ class _Lp:
         self.col = {pc: k for k, pc in enumerate(self.pairs)}
         self.n_x = len(self.pairs)
         self.edges = p.edges if p.boundary_ms != 0 else []
+        self.w = p.edge_weight if self.edges else np.zeros(0)
         self.n = self.n_x + len(self.edges)
         pick = lambda a: np.array([a[i, c] for i, c in self.pairs])
         self.dmg, self.lat, self.size = pick(p.damage), pick(p.latency), pick(p.size)
@@ -144,7 +157,7 @@ class _Lp:
             self.base.append(LinearConstraint(np.array(rows), 0.0, np.inf))
 
     def full(self, coef: np.ndarray, per_edge: float = 0.0) -> np.ndarray:
-        return np.concatenate([coef, np.full(len(self.edges), per_edge)])
+        return np.concatenate([coef, per_edge * self.w])
 
     def row(self, coef: np.ndarray, ub: float, per_edge: float = 0.0) -> LinearConstraint:
         """sum coef x + per_edge sum y <= ub, scaled so the bound is 1 (tolerances become relative to it)."""
