@@ -48,7 +48,7 @@ from benchmarks.common.measure import RESULTS, log, save  # noqa: E402
 from hwcompile.backends.base import get_backend  # noqa: E402
 from hwcompile.backends.tensorrt import fake_quant_session_options  # noqa: E402
 from hwcompile.backends.tensorrt.engine import tensorrt_status  # noqa: E402
-from hwcompile.backends.tensorrt.reference import compare, fake_quant_reference  # noqa: E402
+from hwcompile.backends.tensorrt.reference import compare  # noqa: E402
 from hwcompile.backends.tensorrt.rules import RULES, _weight_axes, check_model, nm_violations  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.pipeline import CompileOptions, build, make_plan, prepare  # noqa: E402
@@ -145,14 +145,41 @@ def compile_one(src: Path, calib: Dataset, sparsity: str, out: Path):
 
 
 def numerics(model_path: Path, feeds_list: list[dict], kind: str) -> dict:
-    run = runner(cpu_session(model_path))
+    """Outputs and every QuantizeLinear's integer output, onnxruntime vs the numpy reference."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from hwcompile.backends.tensorrt.reference import _make_ops
+
     model = onnx.load(str(model_path))
+    n_out = len(model.graph.output)
+    probe = onnx.load(str(model_path))
+    q_names = [n.output[0] for n in probe.graph.node if n.op_type == "QuantizeLinear"]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(q) for q in q_names)
+    sess = ort.InferenceSession(probe.SerializeToString(), fake_quant_session_options(),
+                                providers=["CPUExecutionProvider"])
+    assert sess.get_providers()[0] == "CPUExecutionProvider"
+    ref_eval = ReferenceEvaluator(model, new_ops=_make_ops())
+    in_names = [i.name for i in sess.get_inputs()]
     errs, agree, cos = [], [], []
+    q_total = q_diff = q_max = 0
     for feeds in feeds_list:
-        got = run(feeds)
+        f = {k: feeds[k] for k in in_names}
+        got_all = sess.run(None, f)
+        got, got_q = got_all[:n_out], dict(zip(q_names, got_all[n_out:]))
         t0 = time.perf_counter()
-        ref = fake_quant_reference(model, feeds)
+        inter = ref_eval.run(None, f, intermediate=True)
+        ref = [inter[o.name] for o in model.graph.output]
         errs.append({**compare(got, ref), "reference_seconds": time.perf_counter() - t0})
+        first = None
+        for q in q_names:  # graph order
+            d = np.abs(got_q[q].astype(np.int32) - np.asarray(inter[q]).astype(np.int32))
+            q_total += d.size
+            q_diff += int(np.count_nonzero(d))
+            q_max = max(q_max, int(d.max()))
+            if first is None and d.any():
+                first = {"tensor": q, "max_step_difference": int(d.max()), "differing": int(np.count_nonzero(d))}
+        errs[-1]["first_differing_quantized_tensor"] = first
         if kind == "imagenet":
             agree.append(int(np.argmax(got[0]) == np.argmax(ref[0])))
         else:
@@ -161,7 +188,13 @@ def numerics(model_path: Path, feeds_list: list[dict], kind: str) -> dict:
             cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
     out = {"samples": len(feeds_list), "max_abs_err": max(e["max_abs_err"] for e in errs),
            "max_rel_err": max(e["max_rel_err"] for e in errs),
-           "mean_abs_err_rel": float(np.mean([e["mean_abs_err_rel"] for e in errs])), "per_sample": errs}
+           "mean_abs_err_rel": float(np.mean([e["mean_abs_err_rel"] for e in errs])),
+           "quantized_values": {"quantize_nodes": len(q_names), "compared": q_total, "differing": q_diff,
+                                "fraction_differing": q_diff / max(q_total, 1), "max_step_difference": q_max,
+                                "max_step_at_first_divergence": max(
+                                    (e["first_differing_quantized_tensor"] or {}).get("max_step_difference", 0)
+                                    for e in errs)},
+           "per_sample": errs}
     if agree:
         out["top1_agreement"] = float(np.mean(agree))
     if cos:
@@ -255,8 +288,10 @@ def main() -> None:
     results: dict = {"target": TARGET, "tensorrt_status": {"available": ok, "reason": why},
                      "numerics_reference": ("onnx.reference.ReferenceEvaluator (numpy) on the same TensorRT-ready "
                                             "ONNX, QuantizeLinear/DequantizeLinear overridden by numpy "
-                                            "clip(rint(x/s)+z)/(q-z)*s; onnxruntime CPUExecutionProvider with "
-                                            "basic graph optimizations is compared against it"),
+                                            "clip(rint(x/s)+z)/(q-z)*s; onnxruntime CPUExecutionProvider with graph "
+                                            "optimizations off is compared against it: the outputs, and the integer "
+                                            "output of every QuantizeLinear (a value on a rounding boundary can move "
+                                            "one step when the float sums are ordered differently, and propagates)"),
                      "work_dir": str(work)}
     if args.only in (None, "efficientnet"):
         effnet(args, results, work)

@@ -203,3 +203,38 @@ def test_build_dynamic_batch_engine_with_default_profile(tmp_path):
     for n in (1, 3):
         (y,) = run({"x": np.zeros((n, 8, 16, 16), np.float32)})
         assert y.shape == (n, 8, 16, 16)
+
+
+def test_parser_errors_name_the_onnx_node():
+    # the formatting of TensorRT's IParserError list (real objects need TensorRT; this is not a build)
+    from hwcompile.backends.tensorrt.engine import _parser_errors
+
+    class Err:
+        def __init__(self, name, op, idx, desc):
+            self.args = (name, op, idx, desc)
+
+        def node_name(self):
+            return self.args[0]
+
+        def node_operator(self):
+            return self.args[1]
+
+        def node(self):
+            return self.args[2]
+
+        def desc(self):
+            return self.args[3]
+
+        def code(self):
+            return "ErrorCode.UNSUPPORTED_NODE"
+
+    class Parser:
+        errors = [Err("conv_7", "ConvInteger", 7, "no importer"), Err("", "", 3, "bad graph")]
+        num_errors = 2
+
+        def get_error(self, i):
+            return self.errors[i]
+
+    lines = _parser_errors(Parser())
+    assert lines[0] == "  node 'conv_7' (ConvInteger): no importer [ErrorCode.UNSUPPORTED_NODE]"
+    assert lines[1].startswith("  node #3: bad graph")
