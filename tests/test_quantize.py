@@ -198,3 +198,114 @@ def test_cached_statistics_use_each_calls_observer(tmp_path):
                                   ORT_STYLE, calib, cache=cache))
         scales[method] = float(_const(q, "x_scale"))
     assert len(cache) == 1 and scales["percentile"] < 0.8 * scales["minmax"]
+
+
+def conv_chain_model(seed=0) -> onnx.ModelProto:
+    """x -> conv1 -> Relu -> conv2 -> Relu -> conv3 -> y (all 3x3, 8 channels)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, c, 3, 3)) * 0.3).astype(np.float32), f"w{i}")
+             for i, c in ((1, 3), (2, 8), (3, 8))]
+    nodes = []
+    x = "x"
+    for i in (1, 2, 3):
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+        x = f"c{i}"
+        if i < 3:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    nodes[-1].output[0] = "y"
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("keep_float", [True, False])
+def test_float_layer_between_int8_layers_keeps_float_weight_in_onnxruntime(tmp_path, keep_float):
+    """onnxruntime quantizes the float weight of a Conv whose input DQ is per-tensor (its
+    WeightBiasQuantization); the pass gives such a layer a per-channel DQ so it stays float."""
+    _, g = _graph(tmp_path, conv_chain_model())
+    int8 = LayerChoice("int8", "int8")
+    plan = PrecisionPlan(default=int8).with_layer("conv2", LayerChoice.from_candidate("fp32"))
+    style = ORT_STYLE if keep_float else TRT_STYLE
+    q = quantize(g, plan, style, _calib((3, 8, 8)))
+    q.lint()
+    proto = hir.to_proto(q)
+    conv2 = next(n for n in proto.graph.node if n.name == "conv2")
+    assert conv2.input[1] == "w2"  # the float weight, as the plan says
+    ops = _optimized_ops(proto, tmp_path)
+    if keep_float:
+        assert ops.count("QLinearConv") == 2 and ops.count("Conv") + ops.count("FusedConv") == 1, ops
+        # the per-channel DQ reproduces the shared one exactly: same result as reading the shared DQ
+        dq = next(n for n in proto.graph.node if n.output[0] == conv2.input[0])
+        scale = _const(proto, dq.input[1])
+        assert dq.op_type == "DequantizeLinear" and scale.shape == (8,) and np.all(scale == scale[0])
+        x = _calib((3, 8, 8), n=1, seed=4).inputs["x"]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        plain = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        shared_dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                         and n.input[0] == dq.input[0] and n is not dq)
+        shared = onnx.ModelProto()
+        shared.CopyFrom(proto)
+        next(n for n in shared.graph.node if n.name == "conv2").input[0] = shared_dq.output[0]
+        plain_shared = ort.InferenceSession(shared.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        assert np.array_equal(plain.run(None, {"x": x})[0], plain_shared.run(None, {"x": x})[0])
+    else:  # symmetric (TensorRT) styles keep per-tensor activation scales
+        q_outs = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+        acts = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in q_outs]
+        assert acts and all(_const(proto, n.input[1]).ndim == 0 for n in acts) and not q.meta.get("float_layer_dq")
+
+
+def test_dynamic_weights_are_7_bit_int8_where_u8s8_saturates(tmp_path):
+    """Without VNNI (gemm_weight_dtype='uint8') dynamic weights are INT8 in -63..63, so a pair of
+    u8*s8 products fits int16; onnxruntime's result equals the exact integer computation."""
+    _, g = _graph(tmp_path, mlp_model())
+    style = QDQStyle(gemm_weight_dtype="uint8")
+    q = hir.to_proto(apply_plan(g, PrecisionPlan.uniform("int8dyn"), style, None))
+    mm = [n for n in q.graph.node if n.op_type == "MatMulInteger"]
+    assert len(mm) == 2
+    m = mlp_model()
+    x = (np.abs(_calib((16,), n=4, seed=11).inputs["x"]) * 3).astype(np.float32)  # large, same-sign inputs
+    h = x
+    for node, wname in zip(mm, ("w1", "w2")):
+        wq, wz, sw = _const(q, node.input[1]), _const(q, node.input[3]), _const(q, node.input[1].replace(
+            "_quantized", "_scale"))
+        w = _const(m, wname)
+        assert wq.dtype == np.int8 and not np.any(wz) and np.abs(wq).max() == 63
+        assert np.allclose(sw, np.abs(w).max(axis=0) / 63, rtol=1e-6)
+        if wname == "w1":  # exact integer reference for the first layer (DynamicQuantizeLinear semantics)
+            lo, hi = min(float(h.min()), 0.0), max(float(h.max()), 0.0)
+            sx = np.float32((hi - lo) / 255)
+            zx = np.clip(np.round(-lo / sx), 0, 255)
+            xq = np.clip(np.round(h / sx) + zx, 0, 255)
+            ref = ((xq - zx).astype(np.int64) @ wq.astype(np.int64)).astype(np.float64) * sx * sw
+    inter = next(n for n in q.graph.node if n.name.startswith("fc1") and n.op_type == "Mul" and "scales" not in n.name)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(q)
+    probe.graph.output.append(helper.make_tensor_value_info(inter.output[0], TensorProto.FLOAT, None))
+    out = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[1]
+    assert np.allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("negative", [True, False])
+def test_int4_block_scales_beat_absmax7_and_onnxruntime_rule(negative):
+    """Per block, the searched scale's squared error is <= absmax/7 and (when negative scales are
+    allowed, as in MatMulNBits) <= onnxruntime's rule s = m / -8, m the largest-magnitude weight."""
+    from hwcompile.passes.quantize_int4 import int4_block_scales
+
+    rng = np.random.default_rng(5)
+    blocks = rng.standard_t(4, size=(16, 8, 32))
+    blocks[0, 0] = 0.0  # an all-zero block
+    err = lambda s: np.sum((blocks - np.clip(np.round(blocks / s[..., None]), -8, 7) * s[..., None]) ** 2, axis=2)
+    amax = np.abs(blocks).max(axis=2)
+    safe = np.where(amax > 0, amax, 1.0)
+    m = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=2)[..., None], axis=2)[..., 0]
+    ours = int4_block_scales(blocks, negative=negative)
+    assert ours[0, 0] == 1.0 and err(ours)[0, 0] == 0.0
+    assert np.all(err(ours) <= err(safe / 7) + 1e-12)
+    if negative:
+        ort_rule = np.where(m != 0, m / -8.0, 1.0)
+        assert np.all(err(ours) <= err(ort_rule) + 1e-12)
+        assert np.mean(err(ours)) < 0.9 * np.mean(err(safe / 7))
+    else:
+        assert np.all(ours > 0)

@@ -14,7 +14,13 @@ Placement (what makes INT8 fast instead of slower than FP32):
   the layer's output is quantized with the activation's calibrated range, whose zero point is 0,
   and QuantizeLinear's saturation then computes the Relu/Clip exactly;
 - each quantized tensor gets one Q/DQ pair shared by all its quantized consumers; float consumers
-  and graph outputs keep reading the float tensor.
+  and graph outputs keep reading the float tensor;
+- a float Conv/ConvTranspose/Gemm that reads an INT8 layer's output (which all consumers read
+  through DQ, so the producer keeps its integer kernel) gets its own DequantizeLinear with the
+  same scale repeated per channel (``axis=1``): identical values, but onnxruntime's
+  WeightBiasQuantization only rewrites layers whose input DQ is per-tensor, and would otherwise
+  quantize the float layer's weight to per-tensor INT8 behind the plan's back (asymmetric-uint8
+  styles only; TensorRT wants per-tensor activation scales and does not requantize).
 """
 from __future__ import annotations
 
@@ -165,18 +171,53 @@ def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, s
         quantize_layer_weight(graph, node, plan.quant, style, x_scale, cal)
     # Q/DQ pairs on activations.
     layer_outputs = {id(n.outputs[0]) for n in static}
+    keep_float = not style.symmetric_activations
     for t in tensors:
         scale, zp = qparams[t.name]
-        _insert_qdq(graph, t, scale, zp, region, all_users=id(t) in layer_outputs)
+        dq = _insert_qdq(graph, t, scale, zp, region, all_users=id(t) in layer_outputs)
+        if dq is not None and keep_float:
+            _private_dq_for_float_layers(graph, dq, region)
+
+
+#: Float layers onnxruntime would quantize itself when their input comes from a per-tensor DQ.
+_REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _private_dq_for_float_layers(graph: Graph, dq: ir.Node, region: set[str]) -> None:
+    """Float Conv/ConvTranspose/Gemm readers of ``dq`` get a per-channel copy of it (same values).
+
+    Declines (leaves the reader on the shared DQ, noted in ``graph.meta['float_layer_dq']``) when
+    the channel count is not a static dimension.
+    """
+    q, s, z = dq.inputs
+    notes = graph.meta.setdefault("float_layer_dq", {})
+    for use in list(dq.outputs[0].uses()):
+        node = use.node
+        if node.op_type not in _REQUANTIZED_BY_ORT or node.name in region or use.idx != 0:
+            continue
+        shape = dq.outputs[0].shape
+        c = shape[1] if shape is not None and len(shape) >= 2 else None
+        if not isinstance(c, int):
+            notes[node.name] = "kept the shared per-tensor DQ: channel dimension unknown"
+            continue
+        sc = graph.add_initializer(f"{s.name}_per_channel", np.full(c, float(const_array(s)), dtype=np.float32))
+        zc = graph.add_initializer(f"{z.name}_per_channel", np.full(c, const_array(z), dtype=const_array(z).dtype))
+        own = graph.new_node("DequantizeLinear", [q, sc, zc], {"axis": 1}, name=f"{node.name}_input_DequantizeLinear",
+                             serves=node.name)
+        own.outputs[0].type, own.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), shape
+        graph.insert_before(node, own)
+        node.replace_input_with(0, own.outputs[0])
+        notes[node.name] = "per-channel input DQ so the backend keeps the weight float"
 
 
 def _insert_qdq(graph: Graph, value: ir.Value, scale: np.ndarray, zp: np.ndarray, region: set[str],
-                all_users: bool = False) -> None:
-    """One Q/DQ pair after ``value``; region consumers (all, for an INT8 layer's output) read DQ."""
+                all_users: bool = False) -> ir.Node | None:
+    """One Q/DQ pair after ``value``; region consumers (all, for an INT8 layer's output) read DQ.
+    Returns the DQ node (None when nothing needed it)."""
     users = [u for u in value.uses() if all_users or u.node.name in region]
     as_output = all_users and value.is_graph_output()
     if not users and not as_output:
-        return
+        return None
     base = value.name
     serves = value.producer().name if value.producer() is not None else (users[0].node.name if users else None)
     s = graph.add_initializer(f"{base}_scale", np.asarray(scale, dtype=np.float32))
@@ -199,3 +240,4 @@ def _insert_qdq(graph: Graph, value: ir.Value, scale: np.ndarray, zp: np.ndarray
         name = value.name
         value.name = graph.mint_name(name + "_float")
         dq.outputs[0].name = name
+    return dq

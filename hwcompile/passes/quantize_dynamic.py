@@ -8,6 +8,12 @@ column scales multiply the INT32 result). The node pattern is
 ``DynamicQuantizeMatMul``; one DynamicQuantizeLinear is shared by every layer reading the same
 input (e.g. the Q, K and V projections). Conv layers with this choice keep float weights and are
 reported; onnxruntime's ConvInteger is slower than float Conv on x86.
+
+Weight format (:func:`dynamic_weight_format`): where the backend says u8*s8 products saturate
+(``gemm_weight_dtype='uint8'``: x86 without VNNI, whose VPMADDUBSW adds two u8*s8 products in
+int16), the weights are INT8 in 7 bits (-63..63): 2 * 255 * 63 < 2^15, so the sums are exact and
+onnxruntime runs its u8*s8 kernel, about twice the throughput of the u8*u8 one on AVX2.
+Per-channel scales win back more than the lost bit (measured on MiniLM: benchmarks/QUANT_NOTES.md).
 """
 from __future__ import annotations
 
@@ -21,10 +27,12 @@ from ..plan import PrecisionPlan
 from ..quant.qparams import quantize, weight_qparams
 from ..quant.weights import stored_weight
 
-__all__ = ["quantize_dynamic_layers"]
+__all__ = ["quantize_dynamic_layers", "dynamic_weight_format"]
 
 
-def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: PrecisionPlan, style: QDQStyle) -> None:
+def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: PrecisionPlan, style: QDQStyle,
+                            weight_format: tuple[str, int] | None = None) -> None:
+    """Rewrite ``layers`` in place; ``weight_format`` (dtype, bits) overrides :func:`dynamic_weight_format`."""
     if not style.allow_dynamic:
         raise UnsupportedError("dynamic quantization is not supported by this backend",
                                where=f"layer '{layers[0].name}'", hint="use int8 (static) for this target")
@@ -39,7 +47,14 @@ def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: Precision
         else:
             skipped[node.name] = "dynamic INT8 applies to MatMul/Gemm with a 2-D constant weight"
             continue
-        _rewrite(graph, node, w, plan, shared, style.gemm_weight_dtype)
+        _rewrite(graph, node, w, plan, shared, *(weight_format or dynamic_weight_format(style)))
+
+
+def dynamic_weight_format(style: QDQStyle) -> tuple[str, int]:
+    """(stored dtype, bits) of dynamic-INT8 weights for this backend style."""
+    if style.gemm_weight_dtype == "uint8":
+        return "int8", 7
+    return style.gemm_weight_dtype, 8
 
 
 def _plain_gemm(node: ir.Node) -> bool:
@@ -51,10 +66,11 @@ def _plain_gemm(node: ir.Node) -> bool:
     return t is None or t.as_int() == 0
 
 
-def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, shared: dict, wdtype: str) -> None:
+def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, shared: dict, wdtype: str,
+             bits: int) -> None:
     x = node.inputs[0]
     axis = 1 if plan.quant.per_channel else None
-    qp = weight_qparams(w, bits=8, axis=axis, symmetric=True, method="minmax")
+    qp = weight_qparams(w, bits=bits, axis=axis, symmetric=True, method="minmax")
     sw = np.asarray(qp.scale, dtype=np.float32).reshape(-1 if axis is not None else ())
     wq, wzp = stored_weight(quantize(w, qp), sw.shape, wdtype)
     new_nodes = []

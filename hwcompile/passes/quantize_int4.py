@@ -2,8 +2,12 @@
 
 Each column of W is split along K into blocks of ``int4_block_size``; each block gets its own
 scale (symmetric, levels -8..7 stored with zero point 8, i.e. ``w ~ (q - 8) * s`` with q in 0..15).
-K is zero-padded up to a whole block. With ``compensation='gptq'`` the rounding runs column by
-column through the input Hessian (GPTQ) with the same block scales.
+K is zero-padded up to a whole block. The scale of a block minimises its squared rounding error
+(weighted by the input Hessian's diagonal when calibration gives one) over ``s = r * amax / 8``
+for a grid of r in [0.6, 8/7] and, where the backend accepts negative scales (MatMulNBits), both
+signs: r = 8/7 is plain absmax/7; a negative s = -amax/8 maps the largest-magnitude weight onto -8
+exactly (onnxruntime's own rule), using the whole -8..7 range. With ``compensation='gptq'`` the
+rounding then runs column by column through the input Hessian (GPTQ) with the same block scales.
 
 Lowering: backends that accept com.microsoft ops get ``MatMulNBits`` (onnxruntime's INT4 GEMM:
 B packed as uint8 [N, blocks, block/2], low nibble first; scales [N, blocks]); others get
@@ -21,17 +25,46 @@ from ..errors import UnsupportedError
 from ..ir import Graph, const_array
 from ..plan import PrecisionPlan
 
-__all__ = ["quantize_int4_layers", "int4_blockwise", "pack_matmulnbits"]
+__all__ = ["quantize_int4_layers", "int4_blockwise", "int4_block_scales", "pack_matmulnbits"]
+
+#: Candidate ratios r of ``s = r * amax / 8`` searched per block (8/7: absmax/7, no clipping).
+SCALE_RATIOS = np.concatenate([np.linspace(0.6, 1.0, 17), [8.0 / 7.0]])
 
 
-def int4_blockwise(w: np.ndarray, block: int, hessian: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def int4_block_scales(blocks: np.ndarray, weight: np.ndarray | None = None, negative: bool = True) -> np.ndarray:
+    """Per-block scales [N, B] of ``blocks`` [N, B, block] minimising sum(weight * (w - q s)^2),
+    q = clip(round(w / s), -8, 7), over ``s = +-r * amax / 8`` for r in SCALE_RATIOS (+ only
+    unless ``negative``). ``weight`` [block-broadcastable] defaults to 1. All-zero blocks get 1."""
+    amax = np.abs(blocks).max(axis=2)
+    safe = np.where(amax > 0, amax, 1.0)
+    wgt = np.ones(blocks.shape[1:], dtype=np.float64) if weight is None else weight
+    best = np.full(amax.shape, np.inf)
+    scales = safe / 7.0
+    signs = (1.0, -1.0) if negative else (1.0,)
+    for sign in signs:
+        for r in SCALE_RATIOS:
+            s = sign * r * safe / 8.0
+            q = np.clip(np.round(blocks / s[..., None]), -8, 7)
+            err = np.sum(wgt * (blocks - q * s[..., None]) ** 2, axis=2)
+            better = err < best
+            best = np.where(better, err, best)
+            scales = np.where(better, s, scales)
+    return np.where(amax > 0, scales, 1.0)
+
+
+def int4_blockwise(w: np.ndarray, block: int, hessian: np.ndarray | None = None,
+                   negative_scales: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """W[K, N] -> (q uint8 [N, blocks*block] in 0..15, scales float32 [N, blocks])."""
     k, n = w.shape
     blocks = -(-k // block)
     rows = np.zeros((n, blocks * block), dtype=np.float64)
     rows[:, :k] = w.T
-    absmax = np.abs(rows.reshape(n, blocks, block)).max(axis=2)
-    scales = np.where(absmax > 0, absmax / 7.0, 1.0)
+    diag = None
+    if hessian is not None:
+        diag = np.ones(blocks * block)
+        diag[:k] = np.maximum(np.diag(hessian), 0) + 1e-12
+        diag = diag.reshape(blocks, block)
+    scales = int4_block_scales(rows.reshape(n, blocks, block), diag, negative_scales)
     col_scale = np.repeat(scales, block, axis=1)  # [N, blocks*block]
     if hessian is not None:
         from ..quant.compensate import gptq_quantize
@@ -74,7 +107,7 @@ def quantize_int4_layers(graph: Graph, layers: list[ir.Node], plan: PrecisionPla
             skipped[node.name] = "INT4 weight-only applies to MatMul with a 2-D constant weight"
             continue
         w = const_array(w_val).astype(np.float32)
-        q, scales = int4_blockwise(w, block, hessians.get(node.name))
+        q, scales = int4_blockwise(w, block, hessians.get(node.name), negative_scales=style.allow_contrib_ops)
         if style.allow_contrib_ops:
             _matmulnbits(graph, node, w.shape, q, scales, block)
         else:
