@@ -133,6 +133,19 @@ def test_load_changes_cancel_against_the_fp32_reference(tmp_path, monkeypatch):
     assert all(abs(r["error_pct"]) < 1e-6 for r in check["after_feedback"])
 
 
+def test_candidates_within_noise_of_fp32_are_not_offered(tmp_path, monkeypatch):
+    # fp16 saves 2 % per layer (below min_layer_saving = 5 %): minimizing latency would otherwise put
+    # conv_a and conv_b (too noisy for INT8 under the 30 dB floor) in fp16 for that noise-level gain.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.98, "int8": 0.3}, boundary_ms=0.0)
+    plan, info = search(dev, tmp_path, monkeypatch)
+    assert {lid: c.candidate for lid, c in plan.layers.items()} == {"conv_a": "fp32", "conv_b": "fp32",
+                                                                    "conv_c": "int8"}
+    assert all(f["plan_summary"].get("fp16", 0) == 0 for f in info["feedback"])
+    # with the margin off, the same search takes the 2 %
+    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_layer_saving=0.0))
+    assert plan2.layers["conv_a"].candidate == "fp16" and plan2.layers["conv_b"].candidate == "fp16"
+
+
 def test_never_slower_than_fp32(tmp_path, monkeypatch):
     # Every change of precision costs 3 ms, so the only SNR-valid INT8 (conv_c) loses; fp16 is slower.
     dev = SyntheticDevice({"fp32": 1.0, "fp16": 1.1, "int8": 0.2}, boundary_ms=3.0)

@@ -21,6 +21,12 @@
    builds, assuming top1 does not fall as SNR rises: the floor is 0.5 dB above the highest
    measured SNR of any build that broke the drop, or, while none did, the lowest measured SNR of
    the builds that kept it. Every new measurement refines the floor.
+   Without ``--size-budget`` a layer is offered a candidate other than FP32 only where its
+   measured time is at least ``SearchOptions.min_layer_saving`` (5 %) below the layer's FP32 time:
+   a candidate that is not faster only adds damage and conversions at its boundaries, and per-layer
+   profiles on a shared machine do not resolve differences finer than that (FP16 on an x86 CPU
+   without FP16 arithmetic measures within noise of FP32, and chosen for noise it scattered
+   conversion-bound FP16 islands through the plan). With a size budget every candidate stays.
 4. **Feedback**: the chosen plan is built and measured end to end (latency, size, metrics). The
    latency model is corrected for what per-layer figures miss: ``measured - predicted = L0 + t*b``
    with ``b`` the summed weight of the layer-to-layer edges whose endpoints take different
@@ -89,6 +95,7 @@ class SearchOptions:
     use_cache: bool = True
     keep_builds: bool = False
     rounds: int = 4                    # end-to-end timing rounds alternating plan and FP32 (docstring)
+    min_layer_saving: float = 0.05     # a candidate must save this fraction of a layer's FP32 time (docstring)
 
 
 def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, calib: Dataset | None,
@@ -234,6 +241,11 @@ class _Search:
                                           compressed_sparse=compressed)
         lat = self.lat.costs(self.ids, names)
         dmg[np.isnan(lat)] = np.nan
+        if self.size_budget is None and "fp32" in names:
+            fp = names.index("fp32")
+            slow = lat >= (1.0 - self.so.min_layer_saving) * lat[:, [fp]]
+            slow[:, fp] = False
+            dmg[slow] = np.nan
         edges, weight = _layer_edges(self.g)
         return Problem(self.ids, names, dmg, np.nan_to_num(lat, nan=0.0), size, edges=edges, edge_weight=weight)
 
