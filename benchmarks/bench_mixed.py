@@ -352,6 +352,12 @@ def run(case: Case, quick: bool, monitor: "CpuMonitor") -> dict:
                  "within_10pct": abs(f["error_pct"]) <= 10.0,
                  "note": "a repeated plan's prediction already uses corrections fitted on its own measurement "
                          "(in-sample); prediction_check.after_feedback holds the out-of-sample predictions"}
+    dom = dominance(uniform, search_front, case.metric, per_round)
+    pc = info["search"].get("prediction_check") or {}
+    issue_check = {"front_dominates_every_uniform": all(d["status"] == "dominated" for d in dom),
+                   "not_dominated": {d["uniform"]: d["status"] for d in dom if d["status"] != "dominated"},
+                   "after_feedback_within_10pct": pc.get("after_feedback_within_10pct"),
+                   "after_feedback_max_abs_error_pct": pc.get("after_feedback_max_abs_error_pct")}
     drift = {n: {"search_ms": meta["search_latency_ms"], "bench_ms": results[n]["latency_ms"],
                  "search_over_bench": meta["search_latency_ms"] / results[n]["latency_ms"]}
              for n, meta in searched.items()}
@@ -362,7 +368,7 @@ def run(case: Case, quick: bool, monitor: "CpuMonitor") -> dict:
                                 "warmup": case.options.warmup, "quant": dict(base.quant.__dict__)},
             "results": results, "uniform": uniform_names, "search_front": list(search_front),
             "remeasured_front": list(remeasured_front),
-            "dominance": dominance(uniform, search_front, case.metric, per_round),
+            "issue_check": issue_check, "dominance": dom,
             "dominance_remeasured_front": dominance(uniform, remeasured_front, case.metric, per_round),
             "prediction_check": info["search"].get("prediction_check"),
             "prediction_check_vs_bench": [
@@ -472,7 +478,7 @@ def plot(out: dict, path: Path) -> None:
                    arrowprops={"arrowstyle": "->", "color": "tab:green", "lw": 0.8})
     b.plot([], [], "o", color="tab:blue", label="on the search's front")
     b.plot([], [], "+", color="tab:green", label="feedback: predicted -> measured latency")
-    b.set_xlabel("latency (ms, the search's own sequential profile)")
+    b.set_xlabel("latency (ms, the search's measurement: ratio to FP32 x FP32 median)")
     b.set_ylabel(f"{sm} (search data)")
     b.set_title("inside the search")
     b.legend(fontsize=8)
