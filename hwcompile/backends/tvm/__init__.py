@@ -12,9 +12,11 @@ int32 arithmetic, so INT8 GEMM weights stay signed (no u8*s8 int16 saturation as
 AVX2 kernels: there, with int8 weights, onnxruntime was the one off by ~12% when checked).
 
 Settings (``[backend_settings]``, see ``build.TVMSettings``): ``target`` (a TVM target table,
-``mcpu = "host"`` for this CPU), ``cc``, ``tune_trials``, ``tune_trials_per_task``, ``rpc_host``,
-``rpc_key``, ``rpc_timeout_s``. Static shapes for dynamic inputs may be given as
-``plan.notes["input_shapes"]`` ({input: [dims]}); otherwise dynamic dimensions stay symbolic.
+``mcpu = "host"`` for this CPU), ``cc``, ``tune_trials``, ``tune_trials_per_task``, ``tune_timeout_s``,
+``rpc_host``, ``rpc_key``, ``rpc_timeout_s``. Static shapes for dynamic inputs may be given as
+``plan.notes["input_shapes"]`` ({input: [dims]}); otherwise dynamic dimensions stay symbolic, except
+when tuning, where a dynamic batch becomes 1. A library built for a fixed batch runs larger batches
+in slices. Tuning runs in a child process (``tune.py``) so a crash keeps the records measured so far.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from ...ir import SERVES, Graph, save, to_proto
 from ...plan import PrecisionPlan, write_text_atomic
 from ...targets import Target
 from ..base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner
-from .build import HEAD_OPS, TVMSettings, check_importable, compile_relax, export, import_tvm, to_relax, tuning_dir, tvm_target
+from .build import (HEAD_OPS, TVMSettings, batch_one, check_importable, compile_relax, export, import_tvm, to_relax,
+                    tuning_dir, tvm_target)
 from .run import default_threads, layer_times, open_session, time_vm
+from .tune import tune_in_child
 
 __all__ = ["TVMBackend", "TVMSettings"]
 
@@ -75,11 +79,14 @@ class TVMBackend(Backend):
         proto = to_proto(graph)
         check_importable(proto)
         shapes = dict(plan.notes.get("input_shapes") or {})
+        if settings.tune_trials > 0:  # MetaSchedule tunes static shapes: a dynamic batch becomes 1
+            shapes = batch_one(proto, shapes)
         mod = to_relax(proto, shapes, static=settings.tune_trials > 0)
         db_dir = tuning_dir(target, self.versions())
-        executable, tuning = compile_relax(mod, settings, db_dir)
-        export(executable, settings, out_dir / _LIBRARY)
         save(proto, out_dir / _ONNX)
+        tune = lambda: tune_in_child(out_dir / _ONNX, shapes, settings, db_dir)  # noqa: E731
+        executable, tuning = compile_relax(mod, settings, db_dir, tune)
+        export(executable, settings, out_dir / _LIBRARY)
         inits = {t.name for t in proto.graph.initializer}
         info = {
             "target": json.loads(str(tvm_target(settings))), "cross": settings.is_cross, "cc": settings.cc,
@@ -94,7 +101,8 @@ class TVMBackend(Backend):
         info = _info(artifact)
         session = open_session(artifact.path("engine"), TVMSettings.from_target(target))
         names = info["inputs"]
-        return lambda feeds: session.run(feeds, names)
+        static = {n: s[0] for n, s in (info.get("input_shapes") or {}).items() if s}
+        return lambda feeds: session.run(feeds, names, static_batch=static)
 
     def profile(self, artifact: Artifact, target: Target, feeds: Feeds, *, repeats: int = 50,
                 warmup: int = 10, per_layer: bool = True) -> Profile:

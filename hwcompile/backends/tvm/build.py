@@ -20,15 +20,15 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 
 from ...errors import BackendUnavailable, ConfigError, UnsupportedError
 from ...targets import Target
 
-__all__ = ["TVMSettings", "import_tvm", "tvm_target", "check_importable", "to_relax", "compile_relax",
-           "export", "tuning_dir", "HEAD_OPS"]
+__all__ = ["TVMSettings", "import_tvm", "tvm_target", "check_importable", "batch_one", "to_relax", "prepare_relax",
+           "compile_relax", "count_records", "database", "tuning_runner", "export", "tuning_dir", "HEAD_OPS"]
 
 #: ONNX ops whose kernels carry a layer's time: kernel-name fragment class -> ONNX op types.
 HEAD_OPS = {"conv_transpose": ("ConvTranspose",), "conv": ("Conv", "ConvInteger"),
@@ -45,6 +45,8 @@ class TVMSettings:
     cc: str | None = None                 # cross compiler linking model.so, e.g. aarch64-linux-gnu-g++
     tune_trials: int = 0                  # MetaSchedule measurements in total; 0: no tuning
     tune_trials_per_task: int | None = None
+    tune_timeout_s: int = 120             # per candidate build and per measurement (MetaSchedule's default 30 s
+                                          # times out on a loaded 2-core machine: every candidate failed)
     rpc_host: str | None = None           # "host:port" of an RPC tracker (with rpc_key) or an RPC server
     rpc_key: str | None = None            # device key registered at the tracker
     rpc_timeout_s: int = 120
@@ -60,7 +62,7 @@ class TVMSettings:
         if not isinstance(s.get("target", {"kind": "llvm"}), dict):
             raise ConfigError("must be a table such as {kind = \"llvm\", mcpu = \"host\"}",
                               where=f"{target.name} backend_settings.target")
-        for key in ("tune_trials", "tune_trials_per_task", "rpc_timeout_s"):
+        for key in ("tune_trials", "tune_trials_per_task", "tune_timeout_s", "rpc_timeout_s"):
             if key in s and s[key] is not None and (not isinstance(s[key], int) or s[key] < 0):
                 raise ConfigError(f"must be a non-negative integer, got {s[key]!r}",
                                   where=f"{target.name} backend_settings.{key}")
@@ -143,6 +145,20 @@ def check_importable(proto: onnx.ModelProto) -> None:
             raise UnsupportedError("op not supported by TVM's Relax ONNX frontend", where=where)
 
 
+def batch_one(proto: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """``input_shapes`` plus batch 1 for every input whose only dynamic dimension is the first."""
+    shapes = dict(input_shapes)
+    inits = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        tt = vi.type.tensor_type
+        if vi.name in inits or vi.name in shapes or not tt.HasField("shape") or not tt.shape.dim:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if dims[0] is None and all(d is not None for d in dims[1:]):
+            shapes[vi.name] = [1, *dims[1:]]
+    return shapes
+
+
 def to_relax(proto: onnx.ModelProto, input_shapes: dict[str, list[int]], *, static: bool):
     """Relax IRModule of ``proto`` with the weights as constants.
 
@@ -183,52 +199,64 @@ def tuning_dir(target: Target, versions: dict[str, str]) -> Path:
     return base / "tvm" / fp
 
 
-def compile_relax(mod, settings: TVMSettings, db_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """(executable, tuning info): the zero pipeline, MetaSchedule when asked, then ``tvm.compile``."""
-    tvm = import_tvm()
+def prepare_relax(mod, target):
+    """Decompose inference ops, canonicalize, and run the ``zero`` pipeline (legalize, fold, fuse)."""
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
-    trials = settings.tune_trials
-    target = tvm_target(settings, for_tuning=trials > 0)
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+        return relax.get_pipeline("zero")(mod)
+
+
+def compile_relax(mod, settings: TVMSettings, db_dir: Path, tune: Callable[[], dict] | None = None
+                  ) -> tuple[Any, dict[str, Any]]:
+    """(executable, tuning info): the zero pipeline, ``tune()`` when trials are asked, then ``tvm.compile``.
+
+    ``tune`` runs MetaSchedule (in a child process: see ``tune.py``) and fills ``db_dir``; whatever
+    the database holds, from this run or earlier ones, is applied.
+    """
+    tvm = import_tvm()
+    from tvm import relax
+
+    trials = settings.tune_trials
+    target = tvm_target(settings, for_tuning=trials > 0)
+    mod = prepare_relax(mod, target)
     info: dict[str, Any] = {"trials": trials, "database": str(db_dir)}
-    if trials > 0:
-        db_dir.mkdir(parents=True, exist_ok=True)
-        ms.relax_integration.tune_relax(
-            mod, params={}, target=target, work_dir=str(db_dir), max_trials_global=trials,
-            max_trials_per_task=settings.tune_trials_per_task, num_trials_per_iter=min(64, trials),
-            runner=_tuning_runner(settings), database=_database(db_dir))
-    records = db_dir / "database_tuning_record.json"
-    info["records"] = sum(1 for _ in records.open()) if records.is_file() else 0
+    if trials > 0 and tune is not None:
+        info.update(tune())
+    info["records"] = count_records(db_dir)
     if info["records"]:
-        with target, _database(db_dir):
+        with target, database(db_dir):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     info["applied"] = bool(info["records"])
     return tvm.compile(mod, target=target), info
 
 
-def _database(db_dir: Path):
+def count_records(db_dir: Path) -> int:
+    records = db_dir / "database_tuning_record.json"
+    return sum(1 for line in records.open() if line.strip()) if records.is_file() else 0
+
+
+def database(db_dir: Path):
     from tvm.s_tir import meta_schedule as ms
 
     return ms.database.JSONDatabase(work_dir=str(db_dir), module_equality="structural")
 
 
-def _tuning_runner(settings: TVMSettings):
+def tuning_runner(settings: TVMSettings):
     """MetaSchedule measures on this CPU, or on the device through the RPC tracker."""
-    if not settings.is_cross:
-        return "local"
     from tvm.s_tir import meta_schedule as ms
 
+    if not settings.is_cross:
+        return ms.runner.LocalRunner(timeout_sec=settings.tune_timeout_s)
     if settings.rpc is None or not settings.rpc_key:
         raise ConfigError("tuning a cross target measures on the device through an RPC tracker",
                           where="backend_settings.rpc_host/rpc_key", hint="set both, or tune_trials = 0")
     host, port = settings.rpc
     return ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=settings.rpc_key,
-                                                   session_timeout_sec=settings.rpc_timeout_s))
+                                                   session_timeout_sec=settings.rpc_timeout_s),
+                                 timeout_sec=settings.tune_timeout_s)
 
 
 def export(executable, settings: TVMSettings, path: Path) -> None:

@@ -46,8 +46,23 @@ class Session:
         tvm = import_tvm()
         return [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self.device) for n in names]
 
-    def run(self, feeds: Feeds, names: list[str]) -> list[np.ndarray]:
-        return _flatten(self.vm["main"](*self.tensors(feeds, names)))
+    def run(self, feeds: Feeds, names: list[str], static_batch: dict[str, int] | None = None) -> list[np.ndarray]:
+        """Outputs for ``feeds``. A library compiled for a fixed batch ``b`` (``static_batch``: input ->
+        b) runs larger batches in slices of ``b``, the last one zero-padded, and concatenates."""
+        n = next((len(feeds[k]) for k in names if static_batch and k in static_batch), None)
+        b = min(static_batch.values()) if static_batch else None
+        if b is None or n == b:
+            return _flatten(self.vm["main"](*self.tensors(feeds, names)))
+        parts: list[list[np.ndarray]] = []
+        for lo in range(0, n, b):
+            chunk = {}
+            for k in names:
+                x = feeds[k][lo:lo + b] if k in static_batch else feeds[k]
+                if k in static_batch and len(x) < b:
+                    x = np.concatenate([x, np.zeros((b - len(x), *x.shape[1:]), x.dtype)])
+                chunk[k] = x
+            parts.append(_flatten(self.vm["main"](*self.tensors(chunk, names))))
+        return [np.concatenate(outs)[:n] for outs in zip(*parts)]
 
 
 def open_session(library: Path, settings: TVMSettings) -> Session:
