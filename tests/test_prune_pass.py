@@ -133,9 +133,10 @@ def test_refit_matches_least_squares_closed_form():
                    [_t("w", w0), _t("b", rng.standard_normal(6))], ["N", 4, 5, 5], ["N", 6, 5, 5])
     x = rng.standard_normal((12, 4, 5, 5)).astype(np.float32)
     g = from_proto(proto)
-    prune(g, _plan("unstructured=0.5", prune_importance="magnitude", prune_ridge=0.0, prune_max_rows=10 ** 6),
-          Dataset({"x": x}))
+    prune(g, _plan("unstructured=0.5", prune_importance="magnitude", prune_ridge=0.0, prune_max_rows=10 ** 6,
+                   prune_refit_bias=False), Dataset({"x": x}))
     w = _weights(g)["w"].astype(np.float64)
+    np.testing.assert_array_equal(_weights(g)["b"], numpy_helper.to_array(proto.graph.initializer[1]))
     keep = np.zeros(w0.size, bool)
     keep[np.argsort(-np.abs(w0).ravel())[: w0.size // 2]] = True
     keep = keep.reshape(w0.shape)
@@ -148,6 +149,53 @@ def test_refit_matches_least_squares_closed_form():
         kk = keep[k].ravel()
         sol = np.linalg.lstsq(patches[:, kk], y[:, k], rcond=None)[0]
         np.testing.assert_allclose(w.reshape(6, -1)[k, kk], sol, rtol=1e-4, atol=1e-5)
+
+
+def test_refit_with_bias_matches_least_squares_with_intercept():
+    """Conv with and without a bias input, and a MatMul whose bias sits in the following Add: weights
+    and the bias change equal per-row lstsq on [patches, 1] (inputs with a nonzero mean)."""
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b0 = rng.standard_normal(6).astype(np.float32)
+    x = (rng.standard_normal((12, 4, 5, 5)) + 1.5).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    patches = np.array([xp[n, :, i:i + 3, j:j + 3].ravel() for n in range(12) for i in range(5) for j in range(5)])
+    keep = np.zeros(w0.size, bool)
+    keep[np.argsort(-np.abs(w0).ravel())[: w0.size // 2]] = True
+    keep = keep.reshape(6, -1)
+    y = patches @ w0.reshape(6, -1).astype(np.float64).T
+    aug = np.hstack([patches, np.ones((len(patches), 1))])
+    notes = dict(prune_importance="magnitude", prune_ridge=0.0, prune_max_rows=10 ** 6)
+    for with_bias in (True, False):
+        inputs, inits = (["x", "w", "b"], [_t("w", w0), _t("b", b0)]) if with_bias else (["x", "w"], [_t("w", w0)])
+        proto = _model([helper.make_node("Conv", inputs, ["y"], name="conv", pads=[1, 1, 1, 1])], inits,
+                       ["N", 4, 5, 5], ["N", 6, 5, 5])
+        g = from_proto(proto)
+        prune(g, _plan("unstructured=0.5", **notes), Dataset({"x": x}))
+        g.lint()
+        conv = g.node("conv")
+        w = conv.inputs[1].const_value.numpy().reshape(6, -1).astype(np.float64)
+        b = conv.inputs[2].const_value.numpy().astype(np.float64)      # added when missing
+        for k in range(6):
+            sol = np.linalg.lstsq(aug[:, np.append(keep[k], True)], y[:, k], rcond=None)[0]
+            np.testing.assert_allclose(w[k, keep[k]], sol[:-1], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(b[k] - (b0[k] if with_bias else 0.0), sol[-1], rtol=1e-4, atol=1e-5)
+    # MatMul -> Add(b1): the Add's constant takes the change
+    proto = mlp()
+    xm = correlated(256, 1) + 2.0
+    g = from_proto(proto)
+    prune(g, PrecisionPlan(default=LayerChoice(), layers={"fc1": LayerChoice(sparsity="2:4")},
+                           notes=dict(notes)), Dataset({"x": xm}))
+    w1 = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "w1")).astype(np.float64)
+    b1 = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "b1")).astype(np.float64)
+    got_w, got_b = _weights(g)["w1"].astype(np.float64), _weights(g)["b1"].astype(np.float64)
+    X = np.hstack([xm.astype(np.float64), np.ones((len(xm), 1))])
+    for n in range(w1.shape[1]):
+        kk = np.append(got_w[:, n] != 0, True)
+        sol = np.linalg.lstsq(X[:, kk], xm.astype(np.float64) @ w1[:, n], rcond=None)[0]
+        np.testing.assert_allclose(got_w[kk[:-1], n], sol[:-1], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got_b[n] - b1[n], sol[-1], rtol=1e-3, atol=1e-4)
+    assert not np.allclose(got_b, b1)
 
 
 def test_wanda_ranks_by_weight_times_input_norm():

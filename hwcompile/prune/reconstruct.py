@@ -9,6 +9,12 @@ and ``C = X'^T Y`` are needed, so both are streamed over calibration batches; th
 are solved by ``refit_from_gram`` (ridge ``lambda = ridge * mean diag G``). When the current model
 is the reference (one-shot), ``C = G W_d^T`` and one run suffices.
 
+With ``bias=True`` the fit also has an intercept: ``min ||X'_S w + 1 d - y_k||^2`` over ``w`` and a
+bias change ``d`` (the augmented system has ``1`` as an extra, never pruned input column, so only
+the column sums ``s_x = X'^T 1``, ``s_y = Y^T 1`` and the row count are needed besides ``G`` and
+``C``). This absorbs the mean shift that pruning (and upstream pruning) causes: bias correction
+folded into the refit.
+
 Grouped convs are block diagonal: group ``j`` reads input columns ``[j d, (j+1) d)`` and writes
 rows ``[j k, (j+1) k)``, so ``G`` and ``C`` are kept per group (``[g, d, d]``, ``[g, d, k]``).
 Rows are subsampled at random positions from a generator seeded by (batch, layer), so memory is
@@ -29,12 +35,14 @@ from ..quant.calibration import im2col
 from ..quant.collect import session_with_outputs, run_with_outputs
 from ..quant.compensate import refit_from_gram, weight_to_rows, rows_to_weight
 
-__all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "relative_error"]
+__all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "refit_weight_bias",
+           "relative_error"]
 
 
 @dataclass
 class LayerGram:
-    """Streamed least-squares statistics of one layer: ``G = X'^T X'``, ``C = X'^T Y``, ``tr(Y^T Y)``."""
+    """Streamed least-squares statistics of one layer: ``G = X'^T X'``, ``C = X'^T Y``, ``tr(Y^T Y)``,
+    and the column sums ``sx = X'^T 1``, ``sy = Y^T 1`` (for a fit with intercept)."""
 
     layout: str
     groups: int
@@ -42,6 +50,8 @@ class LayerGram:
     C: np.ndarray          # [g, d, k]
     yty: float
     rows: int
+    sx: np.ndarray | None = None   # [g, d]
+    sy: np.ndarray | None = None   # [g, k]
 
     def input_norms(self) -> np.ndarray:
         """RMS of every input feature over the sampled rows, ``[g, d]`` (Wanda's ``||X_j||``, scaled)."""
@@ -72,10 +82,14 @@ def _sample(total: int, max_rows: int, seed: tuple[int, ...]) -> np.ndarray:
 
 
 def layer_rows(node: ir.Node, x: np.ndarray, *, max_rows: int, seed: tuple[int, ...],
-               chunk_bytes: int = 1 << 26) -> np.ndarray:
+               chunk_bytes: int = 1 << 26, select: np.ndarray | None = None) -> np.ndarray:
     """The rows the layer multiplies its weight with (im2col patches for Conv), at most ``max_rows``,
-    as float64. Conv patches are built a few samples at a time (``chunk_bytes`` of patches)."""
+    as float64. Conv patches are built a few samples at a time (``chunk_bytes`` of patches).
+    ``select`` (bool ``[N, S]``, e.g. an attention mask): a MatMul/Gemm input ``[N, S, H]`` keeps
+    only the selected rows (padding tokens are left out of the fit)."""
     x = np.asarray(x)
+    if select is not None and node.op_type != "Conv" and x.ndim == 3 and select.shape == x.shape[:2]:
+        x = x[select]
     if node.op_type == "Conv":
         first = im2col(x[:1], node)
         per, d = first.shape
@@ -104,6 +118,8 @@ class _Accumulator:
         self.layout, self.groups = layout, groups
         self.G: np.ndarray | None = None
         self.C: np.ndarray | None = None
+        self.sx: np.ndarray | None = None
+        self.sy: np.ndarray | None = None
         self.yty, self.rows = 0.0, 0
 
     def update(self, xr: np.ndarray, y: np.ndarray | None) -> None:
@@ -115,17 +131,25 @@ class _Accumulator:
             g = np.einsum("rgd,rge->gde", X, X, optimize=True)
             c = None if y is None else np.einsum("rgd,rgk->gdk", X, y.reshape(y.shape[0], self.groups, -1),
                                                  optimize=True)
+        sx = xr.sum(axis=0).reshape(self.groups, -1)
         self.G = g if self.G is None else self.G + g
+        self.sx = sx if self.sx is None else self.sx + sx
         if c is not None:
+            sy = y.sum(axis=0).reshape(self.groups, -1)
             self.C = c if self.C is None else self.C + c
+            self.sy = sy if self.sy is None else self.sy + sy
             self.yty += float(np.sum(y * y))
         self.rows += xr.shape[0]
 
 
 def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[Mapping[str, np.ndarray]], *,
                   reference: Graph | None = None, out_keep: Mapping[str, np.ndarray] | None = None,
-                  max_rows: int = 2048, batch_size: int = 8, limit: int | None = 256) -> dict[str, LayerGram]:
+                  max_rows: int = 2048, batch_size: int = 8, limit: int | None = 256,
+                  token_mask: str | None = None) -> dict[str, LayerGram]:
     """Stream ``G`` and ``C`` for each named layer over ``data``.
+
+    ``token_mask``: a graph input ``[N, S]`` (e.g. ``attention_mask``); rows of ``[N, S, H]`` layer
+    inputs where it is 0 are not used.
 
     ``reference``: the dense model (same layer ids); the targets ``Y`` are its layer outputs on its
     own inputs, computed batch by batch in lockstep. ``None``: the current model is the reference
@@ -155,13 +179,18 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
         if ref_sess is not None:
             feeds = {k: values[k] for k in graph_inputs}
             ref_vals = {**feeds, **dict(zip(ref_wanted, ref_sess.run(ref_wanted, feeds)))}
+        sel = None
+        if token_mask:
+            if token_mask not in values:
+                raise DataError(f"token mask input '{token_mask}' is not a graph input", where="prune_token_mask")
+            sel = np.asarray(values[token_mask]) != 0
         for i, node in enumerate(nodes):
             seed = (b, i)
-            xr = layer_rows(node, values[node.inputs[0].name], max_rows=max_rows, seed=seed)
+            xr = layer_rows(node, values[node.inputs[0].name], max_rows=max_rows, seed=seed, select=sel)
             y = None
             if ref_sess is not None:
                 rnode = ref_nodes[node.name]
-                rr = layer_rows(rnode, ref_vals[rnode.inputs[0].name], max_rows=max_rows, seed=seed)
+                rr = layer_rows(rnode, ref_vals[rnode.inputs[0].name], max_rows=max_rows, seed=seed, select=sel)
                 if rr.shape[0] != xr.shape[0]:
                     raise DataError(f"reference gives {rr.shape[0]} rows, pruned model {xr.shape[0]}",
                                     where=f"node '{node.name}'")
@@ -182,12 +211,13 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
         if reference is None:
             wg = _weight_groups(node, layout, groups)
             acc.C = acc.G @ wg.transpose(0, 2, 1)
+            acc.sy = np.einsum("gd,gkd->gk", acc.sx, wg)
             acc.yty = float(np.sum(wg * (wg @ acc.G)))
         elif acc.C.shape[2] != _weight_groups(node, layout, groups).shape[1]:
             raise DataError(f"reference layer gives {acc.C.shape[2] * groups} outputs, the pruned layer has "
                             f"{_weight_groups(node, layout, groups).shape[1] * groups}", where=f"node '{node.name}'",
                             hint="pass out_keep for channel-pruned layers")
-        out[node.name] = LayerGram(layout, groups, acc.G, acc.C, acc.yty, acc.rows)
+        out[node.name] = LayerGram(layout, groups, acc.G, acc.C, acc.yty, acc.rows, acc.sx, acc.sy)
     return out
 
 
@@ -208,10 +238,40 @@ def refit_weight(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None,
     return rows_to_weight(new, gram.layout, w.shape).astype(w.dtype)
 
 
-def relative_error(w: np.ndarray, gram: LayerGram) -> float:
-    """``||X' W^T - Y||^2 / ||Y||^2`` on the sampled rows, from ``G``, ``C`` and ``tr(Y^T Y)``."""
+def refit_weight_bias(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None, *,
+                      ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`refit_weight` with an intercept: ``(weight, bias change [out])``; add the change
+    to the layer's bias. The intercept is never pruned."""
+    if gram.sx is None or gram.sy is None:
+        raise DataError("the Gram statistics carry no column sums", where="refit_weight_bias")
+    w = np.asarray(w)
+    rows = weight_to_rows(w, gram.layout)
+    k, d = rows.shape[0] // gram.groups, rows.shape[1]
+    if d != gram.G.shape[1]:
+        raise DataError(f"weight has {d} inputs per group, Gram matrix {gram.G.shape[1]}", where="refit_weight_bias")
+    mrows = np.ones(rows.shape, bool) if mask is None else weight_to_rows(np.asarray(mask, dtype=bool), gram.layout)
+    new = np.zeros(rows.shape, dtype=np.float64)
+    delta = np.zeros(rows.shape[0], dtype=np.float64)
+    for j in range(gram.groups):
+        sl = slice(j * k, (j + 1) * k)
+        G = np.block([[gram.G[j], gram.sx[j][:, None]], [gram.sx[j][None, :], np.full((1, 1), float(gram.rows))]])
+        C = np.vstack([gram.C[j], gram.sy[j][None, :]])
+        m = np.hstack([mrows[sl], np.ones((k, 1), bool)])
+        sol = refit_from_gram(G, C, m, ridge)
+        new[sl], delta[sl] = sol[:, :d], sol[:, d]
+    return rows_to_weight(new, gram.layout, w.shape).astype(w.dtype), delta
+
+
+def relative_error(w: np.ndarray, gram: LayerGram, bias_delta: np.ndarray | None = None) -> float:
+    """``||X' W^T + 1 d^T - Y||^2 / ||Y||^2`` on the sampled rows (``d`` = ``bias_delta``, default 0),
+    from ``G``, ``C``, the column sums and ``tr(Y^T Y)``."""
     rows = weight_to_rows(np.asarray(w, dtype=np.float64), gram.layout)
     wg = rows.reshape(gram.groups, -1, rows.shape[1])                    # [g, k, d]
     quad = float(np.sum(wg * (wg @ gram.G)))
     cross = float(np.sum(wg * gram.C.transpose(0, 2, 1)))
-    return max(quad - 2.0 * cross + gram.yty, 0.0) / max(gram.yty, 1e-300)
+    err = quad - 2.0 * cross + gram.yty
+    if bias_delta is not None:
+        dg = np.asarray(bias_delta, dtype=np.float64).reshape(gram.groups, -1)   # [g, k]
+        err += (2.0 * float(np.sum(dg * np.einsum("gd,gkd->gk", gram.sx, wg))) + gram.rows * float(np.sum(dg * dg))
+                - 2.0 * float(np.sum(dg * gram.sy)))
+    return max(err, 0.0) / max(gram.yty, 1e-300)

@@ -22,9 +22,9 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import ConfigError, UnsupportedError
-from ..ir import Graph, const_array
+from ..ir import Graph, const_array, is_constant
 from .channels import analyze_channels, apply_channel_keep, channel_importance, channel_rms, set_const
-from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, relative_error
+from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, refit_weight_bias, relative_error
 from .semistructured import WeightTarget, global_ratios, importance, layer_mask
 
 __all__ = ["SCHEDULES", "PruneConfig", "prune_weights", "prune_channels"]
@@ -43,6 +43,8 @@ class PruneConfig:
     channel_importance: str = "auto"     # auto | l1 | l2 | activation (auto: activation with data)
     reconstruct: bool = True             # least-squares refit when calibration data is given
     ridge: float = 1e-3                  # refit damping, relative to mean diag(X^T X)
+    refit_bias: bool = True              # the refit also corrects the layer's bias (intercept)
+    token_mask: str = ""                 # graph input [N, S] (e.g. attention_mask): padding rows not fit
     max_rows: int = 2048                 # rows sampled per layer and batch
     calib_samples: int = 256
     batch_size: int = 8
@@ -133,7 +135,7 @@ def _grams(graph, reference, names, calib, config) -> dict[str, LayerGram]:
     if calib is None or not names:
         return {}
     return collect_grams(graph, names, calib, reference=reference, max_rows=config.max_rows,
-                         batch_size=config.batch_size, limit=config.calib_samples)
+                         batch_size=config.batch_size, limit=config.calib_samples, token_mask=config.token_mask or None)
 
 
 def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, config, masks, report) -> None:
@@ -147,9 +149,9 @@ def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, con
         mask = layer_mask(node, w, target, importance(w, gram if wanda else None), masks.get(name))
         masks[name] = mask
         if gram is not None and config.reconstruct and not mask.all():
-            new = refit_weight(w, gram, mask, ridge=config.ridge)
             report[name]["error_masked"] = relative_error(np.where(mask, w, 0), gram)
-            report[name]["error_refit"] = relative_error(new, gram)
+            new, err = _refit(graph, node, w, gram, mask, config)
+            report[name]["error_refit"] = err
             report[name]["reconstructed"] = True
         else:
             new = np.where(mask, w, np.zeros_like(w))
@@ -278,11 +280,67 @@ def _refit_sinks(graph, reference, sinks, calib, config, orig_keep, report) -> N
 
 def _refit_wave(graph, reference, names, calib, config, orig_keep, report) -> None:
     grams = collect_grams(graph, names, calib, reference=reference, out_keep=orig_keep, max_rows=config.max_rows,
-                          batch_size=config.batch_size, limit=config.calib_samples)
+                          batch_size=config.batch_size, limit=config.calib_samples,
+                          token_mask=config.token_mask or None)
     for name in names:
         node = graph.node(name)
         w = const_array(node.inputs[1])
-        new = refit_weight(w, grams[name], None, ridge=config.ridge)
-        report["refit"][name] = {"error_sliced": relative_error(w, grams[name]),
-                                 "error_refit": relative_error(new, grams[name])}
+        err0 = relative_error(w, grams[name])
+        new, err = _refit(graph, node, w, grams[name], None, config)
+        report["refit"][name] = {"error_sliced": err0, "error_refit": err}
         set_const(graph, node, 1, new)
+
+
+def _refit(graph: Graph, node, w: np.ndarray, gram: LayerGram, mask, config: PruneConfig) -> tuple[np.ndarray, float]:
+    """The refit weight and its relative error; with ``config.refit_bias`` and a bias the layer can
+    take (see ``bias_slot``), the bias change is written to the graph here."""
+    slot = bias_slot(graph, node) if config.refit_bias else None
+    if slot is None:
+        new = refit_weight(w, gram, mask, ridge=config.ridge)
+        return new, relative_error(new, gram)
+    new, delta = refit_weight_bias(w, gram, mask, ridge=config.ridge)
+    owner, i = slot
+    if i < len(owner.inputs) and owner.inputs[i] is not None:
+        b = const_array(owner.inputs[i])
+        set_const(graph, owner, i, (b.astype(np.float64) + delta.reshape(b.shape)).astype(b.dtype))
+    else:                                   # a Conv/Gemm without bias gets one
+        owner.resize_inputs(i + 1)
+        owner.replace_input_with(i, graph.add_initializer(f"{node.name}_bias", delta.astype(w.dtype)))
+    return new, relative_error(new, gram, delta)
+
+
+def bias_slot(graph: Graph, node) -> tuple[object, int] | None:
+    """Where the layer's per-output bias lives: (node, input index). Conv: input 2 (added if missing);
+    Gemm (beta 1): input 2 of shape [N] or [1, N]; MatMul: the constant [N] operand of an Add that is
+    the MatMul's only reader. None when there is no such place."""
+    op = node.op_type
+    if op in ("Conv", "Gemm"):
+        if op == "Gemm":
+            beta = node.attributes.get("beta")
+            if beta is not None and beta.as_float() != 1.0:
+                return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            b = node.inputs[2]
+            if not is_constant(b) or b.shape is None or len(b.shape) not in (1, 2) or \
+                    (len(b.shape) == 2 and b.shape[0] != 1) or b.shape[-1] != _n_outputs(node):
+                return None
+            return node, 2
+        return (node, 2) if op == "Conv" or len(node.inputs) == 2 else None
+    if op == "MatMul":
+        users = graph.consumers(node.outputs[0])
+        if len(users) != 1 or users[0].op_type != "Add" or node.outputs[0] in graph.main.outputs:
+            return None
+        add = users[0]
+        i = 1 if add.inputs[0] is node.outputs[0] else 0
+        b = add.inputs[i]
+        if b is None or not is_constant(b) or b.shape is None or len(b.shape) != 1 or \
+                b.shape[0] != _n_outputs(node) or graph.uses_count(b) != 1:
+            return None
+        return add, i
+    return None
+
+
+def _n_outputs(node) -> int:
+    w = const_array(node.inputs[1])
+    layout, _ = layer_layout(node)
+    return w.shape[0] if layout in ("conv", "gemm_nt") else w.shape[1]

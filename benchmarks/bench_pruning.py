@@ -1,0 +1,330 @@
+"""Pruning on real models, host CPU: 2:4 with and without reconstruction, channel pruning, 2:4 + INT8.
+
+Parts (each merges its section into benchmarks/results/pruning.json, machine noted):
+
+- ``effnet24``: 2:4 on EfficientNet-Lite0's Conv/Gemm weights (reduction axis = input channels; the
+  stem (3 inputs) and depthwise convs are skipped by the pass, with reasons). Plain magnitude (no
+  data) vs magnitude + least-squares refit (one-shot: every layer refit on dense inputs) vs
+  sequential refit (``iterative``: layer by layer on the inputs of the already pruned model, like
+  SparseGPT) with magnitude and with Wanda masks. Calibration: even-class ImageNet samples; top-1/5
+  on the 500 odd-class ones (disjoint).
+- ``minilm24``: 2:4 on all-MiniLM-L6-v2's weight MatMuls (36). Calibration on the sentences of the
+  first 200 STS-B test pairs (padding tokens left out of the fit via ``attention_mask``); Spearman
+  on the other 1,179 pairs.
+- ``channels``: channel pruning of EfficientNet-Lite0 removing >= 30 % of FLOPs: FLOPs, top-1
+  without and with the refit of the layers reading the removed channels, host-CPU latency of the
+  pruned models vs the unpruned one (interleaved, same process, same session options).
+- ``composed``: 2:4 then INT8 in one plan (Wanda + sequential refit, then per-channel INT8 with bias
+  correction), for the host CPU's Q/DQ style and TensorRT's; TensorRT's explicit-quantization rules
+  checker (incl. 2:4 on the int8 weights) run on the exported model.
+
+    python benchmarks/bench_pruning.py [--quick] [--parts effnet24,minilm24,channels,composed]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common.data import imagenet_samples, stsb_test  # noqa: E402
+from benchmarks.common.export import cached_efficientnet_lite0, cached_minilm, eval_stsb_spearman, minilm_tokenize  # noqa: E402
+from benchmarks.common.measure import RESULTS, interleaved_latency, log, save, session  # noqa: E402
+from hwcompile.analysis.stats import model_summary  # noqa: E402
+from hwcompile.data import Dataset  # noqa: E402
+from hwcompile.ir import Graph, load, to_bytes  # noqa: E402
+from hwcompile.passes import cleanup  # noqa: E402
+from hwcompile.passes.prune import prune  # noqa: E402
+from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.prune.masks import check_nm, reduction_axis  # noqa: E402
+
+PARTS = ("effnet24", "minilm24", "channels", "composed")
+SEQ = 128
+#: pruned graphs keyed by (graph, plan's pruning, calibration data): ``composed`` reuses ``effnet24``'s 2:4 model
+PRUNE_CACHE: dict = {}
+
+
+def top1_top5(sess, x, y) -> tuple[float, float]:
+    name = sess.get_inputs()[0].name
+    hit1 = hit5 = 0
+    for i in range(len(x)):
+        logits = sess.run(None, {name: x[i:i + 1]})[0].reshape(-1)
+        top = np.argsort(-logits)[:5]
+        hit1 += int(top[0] == y[i])
+        hit5 += int(y[i] in top)
+    return hit1 / len(x), hit5 / len(x)
+
+
+def plan_with(sparsity: str, precision: str = "fp32", **notes) -> PrecisionPlan:
+    plan = PrecisionPlan.uniform(precision, sparsity)
+    plan.notes.update(notes)
+    return plan
+
+
+def nm_summary(graph: Graph, n: int = 2, m: int = 4) -> dict:
+    """Layers whose float weights are N:M along their reduction axis, and the overall weight sparsity."""
+    ok = bad = zeros = total = 0
+    for node in graph.layers():
+        w = node.inputs[1].const_value.numpy() if node.inputs[1] is not None and node.inputs[1].const_value is not None \
+            else None
+        if w is None or w.ndim < 2:
+            continue
+        tb = node.attributes.get("transB")
+        ax = reduction_axis(node.op_type, w.shape, {"transB": tb.as_int() if tb is not None else 0})
+        zeros, total = zeros + int((w == 0).sum()), total + w.size
+        if w.shape[ax] % m == 0 and w.shape[1] > 1:
+            ok, bad = (ok + 1, bad) if not check_nm(w, n, m, ax) else (ok, bad + 1)
+    return {"layers_nm": ok, "layers_not_nm": bad, "weight_sparsity": zeros / max(total, 1)}
+
+
+def prune_timed(graph: Graph, plan: PrecisionPlan, calib) -> tuple[Graph, float]:
+    t = time.perf_counter()
+    g = prune(graph.clone(), plan, calib, cache=PRUNE_CACHE)
+    return g, time.perf_counter() - t
+
+
+def _errors(g: Graph) -> dict:
+    layers = g.meta.get("prune", {}).get("layers", {})
+    e = [(v["error_masked"], v["error_refit"]) for v in layers.values() if "error_refit" in v]
+    if not e:
+        return {}
+    return {"mean_layer_rel_error_masked": float(np.mean([a for a, _ in e])),
+            "mean_layer_rel_error_refit": float(np.mean([b for _, b in e]))}
+
+
+# -- parts ---------------------------------------------------------------------------------------
+EFFNET_CALIB = 48
+
+
+def effnet_data(quick: bool, n_calib: int):
+    xc, _ = imagenet_samples("even")
+    xc = xc[:: max(1, len(xc) // n_calib)][:n_calib]
+    xe, ye = imagenet_samples("odd")
+    if quick:
+        xe, ye = xe[:100], ye[:100]
+    return Dataset({"input": xc}, source=f"imagenet-even-{n_calib}"), xe, ye
+
+
+def part_effnet24(quick: bool) -> dict:
+    n_calib = 32 if quick else EFFNET_CALIB
+    calib, xe, ye = effnet_data(quick, n_calib)
+    graph = cleanup(load(cached_efficientnet_lite0()))
+    configs = [
+        ("dense", None, None),
+        ("2:4 magnitude (no data)", plan_with("2:4", prune_importance="magnitude"), None),
+        ("2:4 magnitude + LS refit (one-shot)", plan_with("2:4", prune_importance="magnitude"), calib),
+        ("2:4 magnitude + sequential LS refit", plan_with("2:4", prune_importance="magnitude",
+                                                          prune_schedule="iterative"), calib),
+        ("2:4 Wanda + sequential LS refit", plan_with("2:4", prune_importance="wanda", prune_schedule="iterative"),
+         calib),
+    ]
+    if quick:
+        configs = [configs[0], configs[1], configs[4]]
+    out = {}
+    for name, plan, data in configs:
+        log(f"effnet {name}")
+        g, secs = (graph, 0.0) if plan is None else prune_timed(graph, plan, data)
+        t1, t5 = top1_top5(session(to_bytes(g)), xe, ye)
+        out[name] = {"top1": t1, "top5": t5, "prune_seconds": secs, **nm_summary(g), **_errors(g)}
+        if plan is not None:
+            out[name]["layers_pruned"] = len(g.meta["prune"].get("layers", {}))
+            out[name]["layers_skipped"] = len(g.meta["prune_skipped"])
+        log(f"  top1 {t1:.3f} top5 {t5:.3f} ({secs:.0f} s)")
+    dense = out["dense"]["top1"]
+    plain = out["2:4 magnitude (no data)"]["top1"]
+    for name, r in out.items():
+        if name not in ("dense", "2:4 magnitude (no data)") and dense > plain:
+            r["loss_recovered"] = (r["top1"] - plain) / (dense - plain)
+    return {"model": "EfficientNet-Lite0", "calibration": f"{n_calib} even-class ImageNet samples",
+            "evaluation": f"{len(xe)} odd-class ImageNet samples", "results": out}
+
+
+def part_minilm24(quick: bool) -> dict:
+    pairs = stsb_test()
+    calib_pairs, eval_pairs = pairs[:200], pairs[200:]
+    if quick:
+        calib_pairs, eval_pairs = calib_pairs[:50], eval_pairs[:300]
+    graph = cleanup(load(cached_minilm(SEQ)))
+    sentences = [s for p in calib_pairs for s in p[:2]]
+    calib = Dataset(dict(minilm_tokenize(sentences, SEQ)), source="stsb-first-200-pairs")
+    mask = dict(prune_token_mask="attention_mask", prune_calib_samples=len(sentences))
+    configs = [
+        ("dense", None, None),
+        ("2:4 magnitude (no data)", plan_with("2:4", prune_importance="magnitude"), None),
+        ("2:4 magnitude + LS refit (one-shot)", plan_with("2:4", prune_importance="magnitude", **mask), calib),
+        ("2:4 Wanda + LS refit (one-shot)", plan_with("2:4", prune_importance="wanda", **mask), calib),
+    ]
+    if quick:
+        configs = [configs[0], configs[1], configs[3]]
+    out = {}
+    for name, plan, data in configs:
+        log(f"minilm {name}")
+        g, secs = (graph, 0.0) if plan is None else prune_timed(graph, plan, data)
+        s = session(to_bytes(g))
+        names = {i.name for i in s.get_inputs()}
+        rho = eval_stsb_spearman(lambda f: s.run(None, {k: v for k, v in f.items() if k in names}), eval_pairs,
+                                 seq_len=SEQ, batch=32)
+        out[name] = {"spearman": rho, "prune_seconds": secs, **nm_summary(g), **_errors(g)}
+        if plan is not None:
+            out[name]["layers_pruned"] = len(g.meta["prune"].get("layers", {}))
+        log(f"  spearman {rho:.4f} ({secs:.0f} s)")
+    dense, plain = out["dense"]["spearman"], out["2:4 magnitude (no data)"]["spearman"]
+    for name, r in out.items():
+        if name not in ("dense", "2:4 magnitude (no data)") and dense > plain:
+            r["loss_recovered"] = (r["spearman"] - plain) / (dense - plain)
+    return {"model": "all-MiniLM-L6-v2", "calibration": f"sentences of STS-B test pairs 0..{len(calib_pairs)}",
+            "evaluation": f"STS-B test pairs {len(calib_pairs)}.. ({len(eval_pairs)})", "results": out}
+
+
+def part_channels(quick: bool, ratio: float) -> dict:
+    n_calib = 32 if quick else EFFNET_CALIB
+    calib, xe, ye = effnet_data(quick, n_calib)
+    graph = cleanup(load(cached_efficientnet_lite0()))
+    flops0 = model_summary(graph)["flops"]
+    plan_l1 = plan_with(f"channels={ratio}", prune_channel_importance="l1")
+    configs = [("dense", None, None),
+               (f"channels={ratio} L1, no refit", plan_l1, None),
+               (f"channels={ratio} L1 + LS refit of the readers", plan_l1, calib),
+               (f"channels={ratio} activation-aware + LS refit", plan_with(f"channels={ratio}"), calib)]
+    if quick:
+        configs = configs[:3]
+    out, sessions = {}, {}
+    for name, plan, data in configs:
+        log(f"channels {name}")
+        g, secs = (graph, 0.0) if plan is None else prune_timed(graph, plan, data)
+        flops = model_summary(g)["flops"]
+        sessions[name] = session(to_bytes(g))
+        t1, t5 = top1_top5(sessions[name], xe, ye)
+        out[name] = {"top1": t1, "top5": t5, "flops": flops, "flops_removed": 1 - flops / flops0,
+                     "params": model_summary(g)["params"], "prune_seconds": secs}
+        if plan is not None:
+            out[name]["groups_pruned"] = len(g.meta["prune"]["channels"]["groups"])
+            out[name]["declined"] = len(g.meta["channel_prune_skipped"])
+        log(f"  top1 {t1:.3f} top5 {t5:.3f} FLOPs -{out[name]['flops_removed']:.1%} ({secs:.0f} s)")
+    log("latency (interleaved, batch 1)")
+    lat = interleaved_latency(sessions, {"input": xe[:1]}, rounds=5, repeats=20 if quick else 40)
+    for name in out:
+        out[name].update(lat[name])
+        out[name]["speedup_vs_dense"] = lat["dense"]["latency_ms"] / lat[name]["latency_ms"]
+    return {"model": "EfficientNet-Lite0", "calibration": f"{n_calib} even-class ImageNet samples",
+            "evaluation": f"{len(xe)} odd-class ImageNet samples", "ratio": ratio,
+            "note": "every Conv planned channels=R; groups that cannot shrink (e.g. feeding a graph output) "
+                    "are declined with a reason and stay dense", "results": out}
+
+
+def part_composed(quick: bool) -> dict:
+    from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
+    from hwcompile.backends.tensorrt import TensorRTBackend
+    from hwcompile.backends.tensorrt.rules import check_model
+    from hwcompile.ir import to_proto
+    from hwcompile.targets import load_target
+    from hwcompile.transform import apply_plan
+
+    n_calib = 32 if quick else EFFNET_CALIB
+    calib, xe, ye = effnet_data(quick, n_calib)
+    graph = cleanup(load(cached_efficientnet_lite0()))
+    cache = PRUNE_CACHE
+    out = {}
+    styles = {"host-cpu": OnnxRuntimeBackend().qdq_style(load_target("host-cpu")),
+              "nvidia-ampere (TensorRT Q/DQ, run here by onnxruntime)": TensorRTBackend().qdq_style(
+                  load_target("nvidia-ampere"))}
+    for precision in ("int8",):
+        for sname, style in styles.items():
+            for sparsity in ("dense", "2:4"):
+                name = f"{sparsity} + {precision} [{sname}]"
+                log(f"composed {name}")
+                plan = plan_with(sparsity, precision, **({"prune_importance": "wanda", "prune_schedule": "iterative"}
+                                                         if sparsity != "dense" else {}))
+                t = time.perf_counter()
+                g = apply_plan(graph.clone(), plan, style, calib, cache=cache)
+                secs = time.perf_counter() - t
+                proto = to_proto(g)
+                t1, t5 = top1_top5(session(proto.SerializeToString()), xe, ye)
+                r = {"top1": t1, "top5": t5, "compile_seconds": secs}
+                if sparsity == "2:4" and "nvidia" in sname:
+                    sparse = sorted((g.meta.get("prune") or {}).get("layers") or {})   # what the TensorRT backend checks
+                    v = check_model(proto, sparsity="2:4", sparse_nodes=sparse)
+                    r["sparse_layers"] = len(sparse)
+                    r["tensorrt_rules_violations"] = [f"{x.rule}: {x.node}: {x.message}" for x in v]
+                    r["checker_2_4_passes"] = not any(x.rule == "sparsity-2-4" for x in v)
+                    every = [x for x in check_model(proto, sparsity="2:4") if x.rule == "sparsity-2-4"]
+                    r["checker_2_4_on_every_layer"] = {"violating_layers": [x.node for x in every],
+                                                       "note": "layers the pass declined (3-channel stem, depthwise)"
+                                                               " stay dense; TensorRT runs them with dense kernels"}
+                    r["int8_weights_2_4"] = _int8_weights_nm(proto)
+                out[name] = r
+                log(f"  top1 {t1:.3f} top5 {t5:.3f} ({secs:.0f} s)")
+    return {"model": "EfficientNet-Lite0", "calibration": f"{n_calib} even-class ImageNet samples",
+            "evaluation": f"{len(xe)} odd-class ImageNet samples",
+            "plan": "2:4 (Wanda, sequential LS refit) then per-channel INT8 (minmax, bias correction), one plan",
+            "results": out}
+
+
+def _int8_weights_nm(proto) -> dict:
+    """Count Conv/Gemm/MatMul int8 weight initializers (behind a DequantizeLinear) that are 2:4 along
+    their reduction axis, checked with hwcompile.prune.masks.check_nm on the integer values."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    dq_of = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    ok = bad = 0
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in dq_of:
+            continue
+        q = dq_of[n.input[1]]
+        if q.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[q.input[0]])
+        zp = numpy_helper.to_array(inits[q.input[2]]) if len(q.input) > 2 and q.input[2] in inits else 0
+        if np.any(zp != 0) or w.ndim < 2:
+            continue
+        tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        ax = reduction_axis(n.op_type, w.shape, {"transB": tb})
+        if w.shape[ax] % 4 or (n.op_type == "Conv" and w.shape[1] == 1):
+            continue
+        ok, bad = (ok + 1, bad) if not check_nm(w, 2, 4, ax) else (ok, bad + 1)
+    return {"layers_2_4": ok, "layers_not_2_4": bad}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="100 eval images / 300 pairs, fewer configurations")
+    ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--channel-ratio", type=float, default=0.3)
+    args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown parts {unknown}; known: {PARTS}")
+    name = "pruning" + ("_quick" if args.quick else "")
+    path = RESULTS / f"{name}.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    sections = doc.get("sections", {})
+    for p in parts:
+        t = time.perf_counter()
+        if p == "effnet24":
+            sec = part_effnet24(args.quick)
+        elif p == "minilm24":
+            sec = part_minilm24(args.quick)
+        elif p == "channels":
+            sec = part_channels(args.quick, args.channel_ratio)
+        else:
+            sec = part_composed(args.quick)
+        sec["measured"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        sec["part_seconds"] = time.perf_counter() - t
+        sections[p] = sec
+        path = save(name, {"sections": sections})      # after every part: an interrupted run keeps what it did
+        log(f"wrote {path} [{p}]")
+        for k, r in sec["results"].items():
+            print(f"  {k:55s} " + " ".join(f"{m} {r[m]:.4f}" for m in ("top1", "top5", "spearman", "flops_removed",
+                                                                       "speedup_vs_dense", "loss_recovered")
+                                           if m in r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
