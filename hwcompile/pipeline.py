@@ -323,6 +323,9 @@ def _notes(artifact: Artifact, profile: Profile, graph: Graph) -> list[str]:
     if artifact.info.get("engine_built") is False:
         notes.append(f"no engine was built: {artifact.info.get('engine_reason')}; the deployable ONNX was written "
                      "and validated, and latency/accuracy were measured with onnxruntime on this CPU")
+    if graph.meta.get("int8_embeddings"):
+        notes.append("INT8 embedding tables (per-row scales; plan.quant.embeddings = 'float' keeps them float): "
+                     + ", ".join(graph.meta["int8_embeddings"]))
     for key, what in (("dynamic_skipped", "dynamic INT8"), ("int4_skipped", "INT4"), ("prune_skipped", "pruning"),
                       ("channel_prune_skipped", "channel pruning")):
         skipped = graph.meta.get(key) or {}

@@ -121,12 +121,15 @@ class QuantSettings:
     int4_block_size: int = 32
     compensation: str = "bias"
     histogram_bins: int = 2048
+    embeddings: str = "int8"     # large Gather tables when the plan quantizes: "int8" (per row) | "float"
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIB_METHODS:
             raise ConfigError(f"{self.calib_method!r} not in {CALIB_METHODS}", where="calib_method")
         if self.compensation not in COMPENSATION:
             raise ConfigError(f"{self.compensation!r} not in {COMPENSATION}", where="compensation")
+        if self.embeddings not in ("int8", "float"):
+            raise ConfigError(f"{self.embeddings!r} not in ('int8', 'float')", where="embeddings")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}", where="percentile")
         if self.int4_block_size < 8 or self.int4_block_size & (self.int4_block_size - 1):

@@ -309,3 +309,60 @@ def test_int4_block_scales_beat_absmax7_and_onnxruntime_rule(negative):
         assert np.mean(err(ours)) < 0.9 * np.mean(err(safe / 7))
     else:
         assert np.all(ours > 0)
+
+
+def embedding_model(vocab=600, dim=128, tied=False, seed=0) -> onnx.ModelProto:
+    """ids -> Gather(table) -> MatMul(w) -> y; ``tied``: the table is also an output head's weight (Gemm transB)."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, dim)).astype(np.float32)
+    table[7] *= 1e-3  # a row far smaller than the rest: per-row scales must keep it
+    inits = [numpy_helper.from_array(table, "table"),
+             numpy_helper.from_array(rng.standard_normal((dim, 16)).astype(np.float32) * 0.1, "w")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 16]),
+               helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", "S", dim])]
+    if tied:
+        nodes.append(helper.make_node("Gemm", ["h", "table"], ["logits"], name="tied_head", transB=1))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["M", vocab]))
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])]
+    if tied:
+        inputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["M", dim]))
+    g = helper.make_graph(nodes, "emb", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int8_embeddings_match_per_row_reference_and_shrink(tmp_path):
+    model = embedding_model()
+    p, g = _graph(tmp_path, model)
+    ids = np.array([[0, 7, 599, 7, 3]], dtype=np.int64)
+    q = apply_plan(g.clone(), PrecisionPlan.uniform("int8dyn"), ORT_STYLE, None)
+    assert q.meta["int8_embeddings"] == ["embed"]
+    qm = hir.to_proto(q)
+    assert not any(t.name == "table" for t in qm.graph.initializer)  # the float table is gone
+    assert any(t.data_type == TensorProto.INT8 and list(t.dims) == [600, 128] for t in qm.graph.initializer)
+    assert len(qm.SerializeToString()) < len(model.SerializeToString()) / 3
+    e = session(qm).run(["e"], {"ids": ids})[0]
+    table = numpy_helper.to_array(model.graph.initializer[0])
+    scale = np.abs(table).max(axis=1, keepdims=True) / 127  # independent per-row symmetric reference
+    ref = (np.clip(np.rint(table / scale), -127, 127) * scale)[ids]
+    np.testing.assert_allclose(e, ref, rtol=1e-6, atol=1e-9)
+    assert np.abs(e[0, 1] - table[7]).max() <= scale[7, 0] / 2 + 1e-9  # the tiny row keeps its own scale
+
+
+def test_int8_embeddings_skip_tied_tables_small_tables_tensorrt_and_float_setting(tmp_path):
+    _, g = _graph(tmp_path, embedding_model(tied=True))
+    float_head = PrecisionPlan.uniform("int8dyn").with_layer("tied_head", LayerChoice.from_candidate("fp32", "dense"))
+    assert apply_plan(g.clone(), float_head, ORT_STYLE, None).meta.get("int8_embeddings") == []  # head reads it
+    q = apply_plan(g.clone(), PrecisionPlan.uniform("int8dyn"), ORT_STYLE, None)
+    assert q.meta["int8_embeddings"] == ["embed"]  # the head has its own INT8 copy: the float table is free
+    _, g = _graph(tmp_path, embedding_model(vocab=100, dim=64))  # 6,400 entries: not worth a Cast
+    assert apply_plan(g.clone(), PrecisionPlan.uniform("int8dyn"), ORT_STYLE, None).meta.get("int8_embeddings") == []
+    _, g = _graph(tmp_path, embedding_model())
+    off = PrecisionPlan.uniform("int8dyn", embeddings="float")
+    assert "int8_embeddings" not in apply_plan(g.clone(), off, ORT_STYLE, None).meta
+    trt = QDQStyle(activation_dtype="int8", symmetric_activations=True, quantize_bias=False, allow_dynamic=True,
+                   allow_contrib_ops=False, int8_embeddings=False)
+    assert "int8_embeddings" not in apply_plan(g.clone(), PrecisionPlan.uniform("int8dyn"), trt, None).meta
+    with pytest.raises(Exception, match="embeddings"):
+        QuantSettings(embeddings="int4")

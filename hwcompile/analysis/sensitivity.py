@@ -19,6 +19,8 @@ ranks the layers for INT8: the answer to "which layer broke my INT8 accuracy".
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -113,8 +115,8 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
     reference = InMemoryRunner(graph, settings).run(data)
     style = backend.qdq_style(target)
     base = PrecisionPlan.uniform("fp32")
-    if quant is not None:
-        base.quant = quant
+    # one layer's damage only: embedding tables (quantized with any quantized layer) would add theirs to every row
+    base.quant = dataclasses.replace(quant or base.quant, embeddings="float")
     rows: list[SensitivityRow] = []
     skipped: dict[str, str] = {}
     layers = graph.layers()

@@ -45,6 +45,7 @@ class QDQStyle:
                                             "Relu", "Clip", "Sigmoid", "Mul", "HardSigmoid", "Resize")
     allow_dynamic: bool = True           # DynamicQuantizeLinear / MatMulInteger (not on TensorRT)
     allow_contrib_ops: bool = True       # com.microsoft ops (MatMulNBits)
+    int8_embeddings: bool = True         # INT8 Gather tables + Cast (TensorRT: INT8 only through Q/DQ)
     min_opset: int = 13
 
 

@@ -66,6 +66,10 @@ def quantize(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset 
         quantize_dynamic_layers(graph, dynamic, plan, style)
     if int4:
         quantize_int4_layers(graph, int4, plan, style, calib, cache)
+    if (static or dynamic or int4) and plan.quant.embeddings == "int8" and style.int8_embeddings:
+        from .quantize_embeddings import quantize_embeddings
+
+        graph.meta["int8_embeddings"] = quantize_embeddings(graph)
     graph.main.sort()
     return graph
 

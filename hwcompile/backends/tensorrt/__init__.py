@@ -41,6 +41,7 @@ class TensorRTBackend(Backend):
 
     def qdq_style(self, target: Target) -> QDQStyle:
         return QDQStyle(activation_dtype="int8", weight_dtype="int8", symmetric_activations=True, quantize_bias=False,
+                        int8_embeddings=False,
                         allow_dynamic=False, allow_contrib_ops=False)
 
     def versions(self) -> dict[str, str]:
