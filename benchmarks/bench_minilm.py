@@ -77,6 +77,7 @@ def goals(results: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--uint8-weights", action="store_true", help="also hwcompile's former uint8 weight format")
     args = ap.parse_args()
     pairs = stsb_test()
     calib_pairs = pairs[:200]
@@ -102,7 +103,7 @@ def main() -> None:
         g = apply_plan(graph.clone(), plan, style, data, cache=cache)
         save_onnx(g, work / f"{name.replace(' ', '_')}.onnx")
         models[name] = work / f"{name.replace(' ', '_')}.onnx"
-    if not args.quick:  # the weight format hwcompile used before: uint8 weights, exact u8*u8 kernel
+    if args.uint8_weights:  # the weight format hwcompile used before: uint8 weights, exact u8*u8 kernel
         log("hwcompile int8dyn, uint8 weights")
         g = graph.clone()
         quantize_dynamic_layers(g, g.layers(), PrecisionPlan.uniform("int8dyn"), style, weight_format=("uint8", 8))
