@@ -149,6 +149,14 @@ class Graph:
         """Point every consumer (and graph output slot) of ``old`` at ``new``."""
         old.replace_all_uses_with(new, replace_graph_outputs=True)
 
+    def substitute(self, old: ir.Value, new: ir.Value) -> None:
+        """Replace ``old`` by ``new`` everywhere; a graph output keeps its name (``new`` takes it)."""
+        self.replace_all_uses(old, new)
+        if new.is_graph_output():
+            name = old.name
+            old.name = self.mint_name(name + "__replaced")
+            new.name = name
+
     def erase(self, node: ir.Node) -> None:
         for out in node.outputs:
             if out.uses() or out.is_graph_output():

@@ -103,10 +103,5 @@ def _rewrite(graph: Graph, node: ir.Node, w: np.ndarray, plan: PrecisionPlan, sh
         new_nodes.append(add)
         result = add.outputs[0]
     graph.insert_before(node, new_nodes)
-    old = node.outputs[0]
-    graph.replace_all_uses(old, result)
-    if result.is_graph_output():
-        name = old.name
-        old.name = graph.mint_name(name + "__float")
-        result.name = name
+    graph.substitute(node.outputs[0], result)
     graph.erase(node)

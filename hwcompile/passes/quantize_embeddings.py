@@ -47,12 +47,7 @@ def quantize_embeddings(graph: Graph, min_elements: int = MIN_ELEMENTS) -> list[
             n.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
         out.outputs[0].shape = node.outputs[0].shape
         graph.insert_before(node, [rows, cast, scales, out])
-        old = node.outputs[0]
-        graph.replace_all_uses(old, out.outputs[0])
-        if out.outputs[0].is_graph_output():
-            name = old.name
-            old.name = graph.mint_name(name + "__float")
-            out.outputs[0].name = name
+        graph.substitute(node.outputs[0], out.outputs[0])
         graph.erase(node)
         done.append(node.name)
     return done

@@ -146,10 +146,5 @@ def _qdq_int4(graph: Graph, node: ir.Node, shape, q, scales, block) -> None:
 def _swap(graph: Graph, old: ir.Node, new: ir.Node) -> None:
     new.outputs[0].type, new.outputs[0].shape = old.outputs[0].type, old.outputs[0].shape
     graph.insert_before(old, new)
-    out = old.outputs[0]
-    graph.replace_all_uses(out, new.outputs[0])
-    if new.outputs[0].is_graph_output():
-        name = out.name
-        out.name = graph.mint_name(name + "__float")
-        new.outputs[0].name = name
+    graph.substitute(old.outputs[0], new.outputs[0])
     graph.erase(old)
