@@ -1,0 +1,174 @@
+"""benchmarks/results/*.json -> benchmarks/RESULTS.md: the measured numbers as tables, nothing typed by hand.
+
+    python benchmarks/summarize.py
+
+A missing results file is listed as not run. Latency ratios come from runs interleaved in one
+process on the machine each file notes; see each benchmark's docstring for what was measured.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _f(x, spec=".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _machine(d: dict) -> str:
+    m = d.get("machine", {})
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {'/'.join(m.get('isa', []))}; {d.get('date', '')}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def fp32_equivalence(lines: list[str]) -> None:
+    d = _load("fp32_equivalence")
+    lines.append("## FP32 round trip (issue 2)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    lines.append(f"Criterion: {d['criterion']}. Machine: {_machine(d)}.\n")
+    lines += _table(["model", "BN before", "BN after", "max rel diff", "equal"],
+                    [[m["model"], str(m.get("bn_before")), str(m.get("bn_after")), _f(m["max_rel_diff"], ".2e"),
+                      str(m["equal"])] for m in d["models"]])
+    lines.append("")
+
+
+def efficientnet_int8(lines: list[str]) -> None:
+    d = _load("efficientnet_int8")
+    lines.append("## EfficientNet-Lite0 INT8, host CPU (issue 3)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    lines.append(f"{d['evaluation']}, calibration {d['calibration']}. Machine: {_machine(d)}; load average before "
+                 f"latency {d.get('load_average_before_latency')}.\n")
+    lines += _table(["config", "top-1", "top-5", "MB", "ms (2 thr)", "x FP32", "ms (1 thr)", "x FP32 (1 thr)"],
+                    [[k, _f(v["top1"]), _f(v["top5"]), _f(v["size_bytes"] / 1e6, ".1f"), _f(v["latency_ms"], ".2f"),
+                      _f(v["speedup_vs_fp32"], ".2f"), _f(v.get("latency_ms_1thread"), ".2f"),
+                      _f(v.get("speedup_vs_fp32_1thread"), ".2f")] for k, v in d["results"].items()])
+    kt = d.get("kernel_time_vs_onnxruntime")
+    if kt:
+        lines.append("\nSummed kernel time (onnxruntime profiler), paired by round against hwcompile's best INT8:\n")
+        rows = []
+        for threads, models in kt.items():
+            for name, v in models.items():
+                ratio = next((x for k, x in v.items() if k.startswith("ratio_to_")), None)
+                rows.append([threads, name, _f(v["kernel_ms_median"], ".2f"), _f(ratio, ".3f")])
+        lines += _table(["threads", "model", "kernel ms", "ratio to hwcompile"], rows)
+    lines.append("")
+
+
+def minilm(lines: list[str]) -> None:
+    d = _load("minilm")
+    lines.append("## all-MiniLM-L6-v2 dynamic INT8 and INT4, host CPU (issue 3)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    lines.append(f"{d['evaluation']}; batch {d['batch']}, sequence {d['seq_len']}. Machine: {_machine(d)}.\n")
+    lines += _table(["config", "Spearman", "Spearman (eval)", "MB", "ms", "x FP32", "x FP32 (1 thr)"],
+                    [[k, _f(v["spearman"], ".4f"), _f(v["spearman_eval"], ".4f"), _f(v["size_bytes"] / 1e6, ".1f"),
+                      _f(v["latency_ms"], ".2f"), _f(v["speedup_vs_fp32"], ".2f"),
+                      _f(v.get("speedup_vs_fp32_1thread"), ".2f")] for k, v in d["results"].items()])
+    lines.append("\nGoals checked on these numbers: `" + json.dumps(d.get("goals", {})) + "`\n")
+
+
+def mixed(lines: list[str]) -> None:
+    lines.append("## Mixed precision: front vs uniform configurations (issue 4)\n")
+    for model in ("efficientnet", "minilm"):
+        d = _load(f"mixed_{model}")
+        if d is None:
+            lines.append(f"- {model}: not run\n")
+            continue
+        metric = d.get("metric", "metric")
+        lines.append(f"### {model} (machine: {_machine(d)})\n")
+        rows = []
+        for u in d.get("dominance", []):
+            best = u.get("fastest_front_at_least_as_accurate") or {}
+            rows.append([u["uniform"], _f(u.get(metric)), u["status"], ", ".join(u.get("by_mixed") or []) or "-",
+                         str(best.get("point", "-")), _f(best.get("latency_vs_uniform_pct"), ".1f")])
+        lines += _table(["uniform config", metric, "status", "dominated by mixed plans", "fastest front point at least "
+                         "as accurate", "latency vs uniform %"], rows)
+        pc = d.get("prediction_check", {})
+        lines.append(f"\nAfter feedback, predicted vs measured end-to-end latency: max |error| "
+                     f"{_f(pc.get('after_feedback_max_abs_error_pct'), '.1f')} %, within 10 %: "
+                     f"{pc.get('after_feedback_within_10pct')}. Plot: `benchmarks/results/{Path(d.get('plot', '')).name}`\n")
+
+
+def pruning(lines: list[str]) -> None:
+    d = _load("pruning")
+    lines.append("## Pruning (issue 5)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    for part, sec in d.get("sections", {}).items():
+        lines.append(f"### {part} (machine: {_machine(sec)})\n")
+        res = sec.get("results", {})
+        keys = ["top1", "top5", "spearman", "flops_removed", "speedup_vs_dense", "latency_ms"]
+        present = [k for k in keys if any(k in v for v in res.values() if isinstance(v, dict))]
+        lines += _table(["config", *present], [[k, *[_f(v.get(c)) if isinstance(v.get(c), (int, float)) else
+                                                       str(v.get(c, "-")) for c in present]]
+                                              for k, v in res.items() if isinstance(v, dict)])
+        lines.append("")
+
+
+def tensorrt(lines: list[str]) -> None:
+    d = _load("tensorrt")
+    lines.append("## TensorRT-ready ONNX, checked on the CPU (issue 6)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    lines.append(f"TensorRT here: {d.get('tensorrt_status')}. Machine: {_machine(d)}.\n")
+    rows = []
+    for model, sec in d.items():
+        if not isinstance(sec, dict) or "int8" not in sec:
+            continue
+        for cfg in ("int8", "int8+2:4"):
+            v = sec.get(cfg)
+            if not isinstance(v, dict):
+                continue
+            acc = v.get("accuracy", {})
+            num = v.get("numerics", {})
+            rows.append([model, cfg, str(v.get("validator", {}).get("passes")), _f(num.get("mean_abs_err_rel"), ".2e"),
+                         json.dumps({k: round(x, 4) for k, x in acc.items() if isinstance(x, float)}),
+                         str(v.get("engine_built"))])
+    lines += _table(["model", "plan", "validator passes", "mean rel. error vs numpy reference", "accuracy",
+                     "engine built"], rows)
+    lines.append("")
+
+
+def tvm(lines: list[str]) -> None:
+    lines.append("## TVM backend, host CPU\n")
+    for name in ("tvm", "tvm_int8_kernel"):
+        d = _load(name)
+        if d is None:
+            lines.append(f"- {name}: not run\n")
+            continue
+        lines.append(f"### {name} (machine: {_machine(d)})\n")
+        lines.append("```json\n" + json.dumps({k: v for k, v in d.items() if k not in ("machine",)}, indent=1)[:3000]
+                     + "\n```\n")
+
+
+def main() -> None:
+    lines = ["# Measured results\n", "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.json`; "
+             "every number below was produced by the benchmark named in its section on the machine noted. The "
+             "machine is a shared 2-core VM: absolute milliseconds drift between runs, ratios measured side by side "
+             "in one process are what to read.\n"]
+    for section in (fp32_equivalence, efficientnet_int8, minilm, mixed, pruning, tensorrt, tvm):
+        section(lines)
+    OUT.write_text("\n".join(lines) + "\n")
+    print(OUT)
+
+
+if __name__ == "__main__":
+    main()
