@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -52,7 +53,8 @@ def compile(
     sparsity: str = typer.Option("dense", help="dense | 2:4 | N:M | unstructured=R | channels=R"),
     prune_schedule: str = typer.Option("one-shot", help="one-shot | gradual | iterative"),
     calib: Optional[Path] = typer.Option(None, help=".npz: one array per model input (axis 0 = samples)."),
-    calib_method: str = typer.Option("minmax", help="minmax | percentile | entropy | mse"),
+    calib_method: Optional[str] = typer.Option(
+        None, help="minmax | percentile | entropy | mse (default: the target's [quant], else minmax)"),
     compensation: str = typer.Option("bias", help="none | bias | gptq (weight rounding error compensation)"),
     per_tensor: bool = typer.Option(False, help="Per-tensor instead of per-channel weight scales."),
     embeddings: str = typer.Option("int8", help="int8 | float: large Gather (embedding) tables when quantizing."),
@@ -75,8 +77,9 @@ def compile(
     def run():
         opts = CompileOptions(
             precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
-            quant=QuantSettings(calib_method=calib_method, compensation=compensation, per_channel=not per_tensor,
-                                embeddings=embeddings),
+            quant=QuantSettings(calib_method=calib_method or "minmax", compensation=compensation,
+                                per_channel=not per_tensor, embeddings=embeddings),
+            quant_given=frozenset({"calib_method"} if calib_method else ()),
             calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
             size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
             input_shapes=_parse_shapes(shape))
@@ -301,7 +304,7 @@ def _guard(fn):
     except HwcompileError as e:
         if _STATE["verbose"]:
             traceback.print_exc()
-        err.print(f"[red]error:[/] {e.render()}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(e.render())}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
@@ -309,7 +312,7 @@ def _guard(fn):
     except Exception as e:  # a bug: still one line unless --verbose
         if _STATE["verbose"]:
             traceback.print_exc()
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (run with --verbose for the traceback)",
+        err.print(f"[red]internal error:[/] {escape(f'{type(e).__name__}: {e}')} (run with --verbose for the traceback)",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

@@ -42,6 +42,7 @@ class CompileOptions:
     sparsity: str = "dense"              # dense | N:M | unstructured=R | channels=R
     prune_schedule: str = "one-shot"     # one-shot | gradual | iterative
     quant: QuantSettings = field(default_factory=QuantSettings)
+    quant_given: frozenset[str] = frozenset()   # QuantSettings fields the user set (a target's [quant] yields to them)
     calib: str | Path | Dataset | None = None
     calib_samples: int = 256
     eval: str | Path | Dataset | None = None
@@ -118,7 +119,9 @@ def make_plan(graph: Graph, options: CompileOptions, target: Target) -> Precisio
                               where="--sparsity", hint=f"it supports {list(target.sparsity)}")
         base = "fp32" if options.precision == "mixed" else options.precision
         plan = PrecisionPlan.uniform(base, options.sparsity)
-        plan = dataclasses.replace(plan, quant=options.quant)
+        # the target's [quant] defaults (e.g. TensorRT: entropy calibration), unless given on the command line
+        device = {k: v for k, v in target.quant.items() if k not in options.quant_given}
+        plan = dataclasses.replace(plan, quant=dataclasses.replace(options.quant, **device))
         if options.sparsity != "dense":
             plan.notes["prune_schedule"] = options.prune_schedule
     plan.target = target.name
@@ -147,7 +150,7 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
     """Run ``data`` through the artifact; metrics against labels and/or reference outputs."""
     run = backend.load(artifact, target)
     outs: list[list[np.ndarray]] = []
-    for batch in data.batches(batch_size=64):
+    for batch in data.batches(batch_size=graph.fixed_batch() or 64):  # a fixed-batch export takes its own
         outs.append(run(as_feeds(batch, graph)))
     merged = [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
     metrics: dict[str, float] = {}

@@ -31,6 +31,7 @@ class Target:
     precisions: tuple[str, ...] = ("fp32",)
     sparsity: tuple[str, ...] = ("dense",)
     settings: dict[str, Any] = field(default_factory=dict)
+    quant: dict[str, Any] = field(default_factory=dict)   # the device's defaults for QuantSettings fields
     path: str = ""
 
     def supports_precision(self, precision: str) -> bool:
@@ -101,13 +102,33 @@ def _read(path: Path) -> Target:
     settings = data.get("backend_settings", {})
     if not isinstance(settings, dict):
         raise ConfigError("'backend_settings' must be a table", where=f"{path}")
-    known = {"name", "backend", "description", "precisions", "sparsity", "backend_settings"}
+    quant = data.get("quant", {})
+    if not isinstance(quant, dict):
+        raise ConfigError("'quant' must be a table", where=f"{path}")
+    _check_quant(quant, path)
+    known = {"name", "backend", "description", "precisions", "sparsity", "backend_settings", "quant"}
     extra = set(data) - known
     if extra:
         raise ConfigError(f"unknown keys {sorted(extra)}", where=str(path), hint=f"allowed: {sorted(known)}")
     return Target(name=data["name"], backend=data["backend"], description=data.get("description", ""),
                   precisions=tuple(data.get("precisions", ["fp32"])), sparsity=tuple(data.get("sparsity", ["dense"])),
-                  settings=settings, path=str(path))
+                  settings=settings, quant=quant, path=str(path))
+
+
+def _check_quant(quant: dict[str, Any], path: Path) -> None:
+    """``[quant]`` holds QuantSettings fields with valid values (checked by building one)."""
+    import dataclasses
+
+    from .plan import QuantSettings
+
+    fields = {f.name for f in dataclasses.fields(QuantSettings)}
+    unknown = sorted(set(quant) - fields)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown}", where=f"{path} [quant]", hint=f"allowed: {sorted(fields)}")
+    try:
+        QuantSettings(**quant)
+    except ConfigError as e:
+        raise ConfigError(e.message, where=f"{path} [quant].{e.where}") from None
 
 
 def _cpu_model() -> str:

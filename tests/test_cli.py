@@ -145,3 +145,37 @@ def test_spearman_metric_on_a_scoring_model(tmp_path):
              tmp_path / "o", "--repeats", 2, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["compiled"]["metrics"]["spearman"] > 0.95
+
+
+def test_target_quant_defaults_yield_to_the_command_line(tmp_path):
+    """A target's [quant] table sets QuantSettings defaults (TensorRT: entropy calibration); a flag wins."""
+    from hwcompile.ir import load as load_graph
+    from hwcompile.pipeline import CompileOptions, make_plan
+    from hwcompile.plan import QuantSettings
+    from hwcompile.targets import load_target
+
+    good = tmp_path / "good.onnx"
+    onnx.save(conv_bn_model(), good)
+    graph = load_graph(good)
+    trt = load_target("nvidia-ampere")
+    assert trt.quant == {"calib_method": "entropy"}
+    assert make_plan(graph, CompileOptions(precision="int8"), trt).quant.calib_method == "entropy"
+    given = CompileOptions(precision="int8", quant=QuantSettings(calib_method="mse"), quant_given=frozenset({"calib_method"}))
+    assert make_plan(graph, given, trt).quant.calib_method == "mse"
+    assert make_plan(graph, CompileOptions(precision="int8"), load_target("host-cpu")).quant.calib_method == "minmax"
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 1, 3, 8, 8)).astype(np.float32)[:, 0])
+    r = _run("compile", good, "--target", "nvidia-ampere", "--precision", "int8", "--calib-method", "percentile",
+             "--calib", calib, "--out", tmp_path / "o", "--repeats", 2)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "plan.json").read_text())["quant"]["calib_method"] == "percentile"
+
+
+@pytest.mark.parametrize("table, field", [('calib_method = "median"', "calib_method"),
+                                          ("bits = 3", "bits")])
+def test_bad_target_quant_table_names_the_field(tmp_path, table, field):
+    t = tmp_path / "dev.toml"
+    t.write_text(f'name = "dev"\nbackend = "onnxruntime"\nprecisions = ["int8"]\n\n[quant]\n{table}\n')
+    r = _run("compile", "--target", t, "--precision", "int8", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "[quant]" in r.output and field in r.output, r.output
+    assert not (tmp_path / "o").exists()

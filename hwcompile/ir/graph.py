@@ -149,6 +149,12 @@ class Graph:
         """Point every consumer (and graph output slot) of ``old`` at ``new``."""
         old.replace_all_uses_with(new, replace_graph_outputs=True)
 
+    def fixed_batch(self) -> int | None:
+        """The batch size a model exported with a fixed first input dimension takes (the smallest), or None."""
+        fixed = [v.shape.dims[0] for v in self.main.inputs
+                 if v.shape is not None and len(v.shape) and isinstance(v.shape.dims[0], int)]
+        return min(fixed) if fixed else None
+
     def substitute(self, old: ir.Value, new: ir.Value) -> None:
         """Replace ``old`` by ``new`` everywhere; a graph output keeps its name (``new`` takes it)."""
         self.replace_all_uses(old, new)

@@ -41,10 +41,7 @@ def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndar
                      visit: Visit, *, batch_size: int = 8, limit: int | None = None) -> int:
     """Run the graph over ``data``; call ``visit`` with {name: value} (and the inputs) per batch."""
     sess = session_with_outputs(graph, names)
-    fixed = {v.name: v.shape.dims[0] for v in graph.main.inputs
-             if v.shape is not None and len(v.shape) and isinstance(v.shape.dims[0], int)}
-    if fixed:  # a model exported with a fixed batch size takes exactly that many samples per run
-        batch_size = min(fixed.values())
+    batch_size = graph.fixed_batch() or batch_size  # a fixed-batch export takes exactly that many per run
     seen = 0
     for batch in iterate(data, batch_size):
         feeds = as_feeds(batch, graph)
