@@ -1,7 +1,7 @@
 """Lowering to TVM: ONNX -> Relax -> (optional MetaSchedule tuning) -> LLVM -> shared library.
 
 Steps: ``relax.frontend.onnx.from_onnx`` with the weights as constants (``keep_params_in_input=
-False``), ``DecomposeOpsForInference``, the ``zero`` pipeline (legalize every op to TIR, fold
+False``), INT8 dense layers to the integer kernel (``int8_kernels.py``), ``DecomposeOpsForInference``, the ``zero`` pipeline (legalize every op to TIR, fold
 constants, fuse elementwise tails into their producer: Conv+Add+Relu is one kernel), optional
 tuning, then ``tvm.compile`` for the target dict and ``export_library`` (with the target's cross
 compiler when it has one). Dynamic input dimensions stay symbolic (Relax compiles shape-generic
@@ -50,6 +50,7 @@ class TVMSettings:
     rpc_host: str | None = None           # "host:port" of an RPC tracker (with rpc_key) or an RPC server
     rpc_key: str | None = None            # device key registered at the tracker
     rpc_timeout_s: int = 120
+    int8_kernels: bool = True             # INT8 Q/DQ dense layers call kernels/tvm/int8_matmul (x86 AVX2; see int8_kernels.py)
 
     @classmethod
     def from_target(cls, target: Target) -> "TVMSettings":
@@ -66,6 +67,8 @@ class TVMSettings:
             if key in s and s[key] is not None and (not isinstance(s[key], int) or s[key] < 0):
                 raise ConfigError(f"must be a non-negative integer, got {s[key]!r}",
                                   where=f"{target.name} backend_settings.{key}")
+        if not isinstance(s.get("int8_kernels", True), bool):
+            raise ConfigError(f"must be true or false, got {s['int8_kernels']!r}", where=f"{target.name} backend_settings.int8_kernels")
         if s.get("rpc_host") is not None and ":" not in str(s["rpc_host"]):
             raise ConfigError(f"must be 'host:port', got {s['rpc_host']!r}", where=f"{target.name} backend_settings.rpc_host")
         return cls(**s)
@@ -199,10 +202,19 @@ def tuning_dir(target: Target, versions: dict[str, str]) -> Path:
     return base / "tvm" / fp
 
 
-def prepare_relax(mod, target):
-    """Decompose inference ops, canonicalize, and run the ``zero`` pipeline (legalize, fold, fuse)."""
+def prepare_relax(mod, target, *, int8_kernels: bool = False, report: dict | None = None):
+    """Integer kernels for INT8 dense layers (``int8_kernels.py``, when asked and the target has them), then
+    decompose inference ops, canonicalize, and run the ``zero`` pipeline (legalize, fold, fuse).
+    ``report`` receives which layers use the integer kernel. Off by default: MetaSchedule cannot take the
+    hand-scheduled kernels as tasks (serializing them fails), so the tuning child prepares the stock module."""
     from tvm import relax
 
+    from .int8_kernels import use_int8_kernels
+
+    if int8_kernels:
+        mod, used = use_int8_kernels(mod, target)
+        if report is not None:
+            report.update(used)
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
@@ -221,8 +233,9 @@ def compile_relax(mod, settings: TVMSettings, db_dir: Path, tune: Callable[[], d
 
     trials = settings.tune_trials
     target = tvm_target(settings, for_tuning=trials > 0)
-    mod = prepare_relax(mod, target)
-    info: dict[str, Any] = {"trials": trials, "database": str(db_dir)}
+    kernels: dict[str, Any] = {} if settings.int8_kernels else {"skipped": "backend_settings.int8_kernels = false"}
+    mod = prepare_relax(mod, target, int8_kernels=settings.int8_kernels, report=kernels)
+    info: dict[str, Any] = {"trials": trials, "database": str(db_dir), "int8_kernels": kernels}
     if trials > 0 and tune is not None:
         info.update(tune())
     info["records"] = count_records(db_dir)
