@@ -101,8 +101,10 @@ def dw_concat_model():
 
 
 def _plan(ratio, **notes):
+    """channels=R with the uniform allocation (R of every group's channels): these tests check the
+    propagation of one group's removal; the global allocation is tested in test_prune_flops.py."""
     plan = PrecisionPlan.uniform("fp32", f"channels={ratio}")
-    plan.notes.update(notes)
+    plan.notes.update({"prune_channel_allocation": "uniform", **notes})
     return plan
 
 
@@ -265,7 +267,7 @@ def test_reconstruction_of_next_layer_reduces_error():
     for name, notes in {"plain": {"prune_reconstruct": False, "prune_channel_importance": "l1"},
                         "refit": {"prune_channel_importance": "l1"}}.items():
         g = from_proto(proto)
-        plan.notes = notes
+        plan.notes = {"prune_channel_allocation": "uniform", **notes}
         prune(g, plan, Dataset({"x": x_cal}))
         g.lint()
         assert g.node("conv2").inputs[1].const_value.numpy().shape == (16, 8, 3, 3)
@@ -302,7 +304,8 @@ def test_channel_multiple_and_nm_checked_on_final_channels():
     prune(g, _plan(0.5, prune_channel_multiple=4), None)
     assert g.node("conv_c").inputs[1].const_value.numpy().shape[0] == 8      # 12 -> 6, rounded up to 8
     plan = PrecisionPlan(default=LayerChoice(), layers={"conv1": LayerChoice(sparsity="channels=0.375"),
-                                                        "conv2": LayerChoice(sparsity="2:4")})
+                                                        "conv2": LayerChoice(sparsity="2:4")},
+                         notes={"prune_channel_allocation": "uniform"})
     g = from_proto(chain_model())
     prune(g, plan, None)
     assert g.node("conv2").inputs[1].const_value.numpy().shape == (16, 10, 3, 3)

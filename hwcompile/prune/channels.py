@@ -18,6 +18,18 @@ computes exactly what the original computes with the removed channels' sink weig
 Importance per channel: the L1 or L2 norm of the group's producer filters, summed over producers;
 or activation-aware (with calibration): ``sum over sinks of rms(x_c) * ||W_sink[:, c]||_2``, the
 size of what the channel contributes to the next layers.
+
+**Global allocation** (how many channels each group loses). The FLOPs of a Conv (group 1) are
+``F * (C_in'/C_in) * (K'/K)``, of a depthwise conv ``F * C'/C``, of a Gemm/MatMul sink
+``F * C_in'/C_in`` (``flop_terms``: bilinear in the kept counts, so ``flops_at`` is exact).
+Each group has a *damage curve* ``D_g(r)``: the damage of removing its ``r`` least useful
+channels. ``allocate_global`` removes channels greedily (a step of ``multiple`` channels at a
+time), always from the group whose next step costs the least damage per FLOP saved at the current
+counts, until the FLOPs removed reach the budget. Damage curves: ``score_curve`` (the fraction of
+the group's importance mass removed: normalized L1/L2/activation scores), or ``refit_curve``
+(sum over the group's sinks of the relative output error left *after* the least-squares refit of
+the sink, from the sink's input Gram: optimal brain surgeon on input-channel blocks, channels
+removed one at a time, the remaining weights and the inverse Gram updated after each removal).
 """
 from __future__ import annotations
 
@@ -32,7 +44,8 @@ from ..ir import Graph, const_array, is_constant, to_proto
 from ..quant.collect import run_with_outputs
 
 __all__ = ["ChannelGroup", "ChannelAnalysis", "analyze_channels", "channel_importance", "channel_rms",
-           "apply_channel_keep", "refresh_shapes", "set_const"]
+           "apply_channel_keep", "refresh_shapes", "set_const", "FlopTerm", "flop_terms", "flops_at",
+           "score_curve", "refit_curve", "allocate_global"]
 
 _UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
           "Identity", "Clip", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -348,3 +361,138 @@ def refresh_shapes(graph: Graph) -> None:
             sp = shapes.get(out.name)
             out.shape = None if sp is None else ir.Shape(
                 [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in sp.dim])
+
+
+# -- global allocation ---------------------------------------------------------------------------
+@dataclass
+class FlopTerm:
+    """A layer whose FLOPs scale with the product of its factors' channel counts (segments ``(root, n)``)."""
+
+    layer: str
+    flops: float
+    factors: list[list[tuple[int | None, int]]]
+
+    def groups(self) -> set[int]:
+        return {r for f in self.factors for r, _ in f if r is not None}
+
+
+def flop_terms(graph: Graph, ana: ChannelAnalysis, layer_flops: Mapping[str, float]) -> list[FlopTerm]:
+    """One term per Conv/Gemm/MatMul whose FLOPs (``layer_flops``, dense) depend on a channel group."""
+    terms = []
+    for node in graph.main:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or not layer_flops.get(node.name):
+            continue
+        seg = lambda v: [(r, n) for r, _, n in ana.segments(v)] if v is not None else []
+        if node.op_type == "Conv":
+            factors = [seg(node.outputs[0])] + ([seg(node.inputs[0])] if _attr(node, "group", 1) == 1 else [])
+        else:
+            factors = [seg(node.inputs[0])]
+        factors = [f for f in factors if any(r is not None for r, _ in f)]
+        if factors:
+            terms.append(FlopTerm(node.name, float(layer_flops[node.name]), factors))
+    return terms
+
+
+def flops_at(terms: Iterable[FlopTerm], kept: Mapping[int, int], channels: Mapping[int, int]) -> float:
+    """FLOPs of ``terms`` when group ``root`` keeps ``kept[root]`` of its ``channels[root]`` channels."""
+    total = 0.0
+    for t in terms:
+        f = t.flops
+        for segs in t.factors:
+            n0 = sum(n for _, n in segs)
+            f *= sum(kept.get(r, n) if r is not None else n for r, n in segs) / n0
+        total += f
+    return total
+
+
+def score_curve(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(removal order, damage curve) from per-channel importance: the least important go first and
+    ``D(r)`` is the fraction of the group's importance mass they carry."""
+    order = np.argsort(score, kind="stable")
+    mass = np.maximum(score[order], 0.0)
+    return order, np.concatenate([[0.0], np.cumsum(mass) / max(float(mass.sum()), 1e-300)])
+
+
+def refit_curve(sinks: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], channels: int, r_max: int,
+                ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """(removal order of the first ``r_max`` channels, damage curve ``D(0..r_max)``) of one group.
+
+    ``sinks``: per layer reading the group, ``(W [k, d], G [d, d], cols [channels, b], E)``: the
+    weight as rows, the Gram of its input rows (centred when the refit has an intercept), the input
+    columns of every group channel (``b`` = kernel size) and the output energy ``E = ||Y||^2``.
+    Removing channel ``q`` (columns ``B``) and refitting the rest increases the error by
+    ``tr(W_B [H^-1]_BB^-1 W_B^T)`` with ``H = G + lambda I``; the step with the smallest sum of
+    ``increase / E`` over sinks is taken, then ``W -= W_B [H^-1]_BB^-1 [H^-1]_B.`` and
+    ``H^-1 -= [H^-1]_.B [H^-1]_BB^-1 [H^-1]_B.`` (the refit of the rest and the Gram without ``B``).
+    """
+    state = []
+    for w, g, cols, e in sinks:
+        lam = ridge * max(float(np.mean(np.diag(g))), 1e-12)
+        hinv = np.linalg.inv(g + lam * np.eye(len(g)))
+        state.append([w.astype(np.float64).copy(), hinv, cols, max(e, 1e-300)])
+    alive = np.ones(channels, dtype=bool)
+    order, damage = [], [0.0]
+    for _ in range(min(r_max, channels)):
+        score = np.zeros(channels)
+        for w, hinv, cols, e in state:
+            if cols.shape[1] == 1:
+                c = cols[:, 0]
+                score += (w[:, c] ** 2).sum(axis=0) / np.maximum(np.diag(hinv)[c], 1e-300) / e
+            else:
+                hb = hinv[cols[:, :, None], cols[:, None, :]]                    # [channels, b, b]
+                wb = w[:, cols]                                                  # [k, channels, b]
+                score += np.einsum("kcb,cbe,kce->c", wb, np.linalg.pinv(hb), wb) / e
+        score[~alive] = np.inf
+        q = int(np.argmin(score))
+        alive[q] = False
+        order.append(q)
+        damage.append(damage[-1] + float(score[q]))
+        for st in state:
+            w, hinv, cols, _ = st
+            b = cols[q]
+            m = np.linalg.pinv(hinv[np.ix_(b, b)])
+            hrow = m @ hinv[b, :]                                                # [b, d]
+            st[0] = w - w[:, b] @ hrow
+            st[0][:, b] = 0.0
+            st[1] = hinv - hinv[:, b] @ hrow
+    return np.asarray(order, dtype=np.int64), np.asarray(damage)
+
+
+def allocate_global(terms: list[FlopTerm], channels: Mapping[int, int], curves: Mapping[int, np.ndarray],
+                    min_keep: Mapping[int, int], multiple: int, budget: float) -> dict[int, int]:
+    """Kept channel count per group (keys of ``curves``): greedy, cheapest damage per FLOP saved first,
+    until ``budget`` FLOPs are removed or no group can shrink. Deterministic (ties: the lower root)."""
+    kept = {g: channels[g] for g in curves}
+    by_group: dict[int, list[FlopTerm]] = {g: [] for g in curves}
+    for t in terms:
+        for g in t.groups() & set(curves):
+            by_group[g].append(t)
+    dense = flops_at(terms, {}, channels)
+
+    def step(g: int) -> int:
+        k = kept[g]
+        nxt = k - (k % multiple or multiple)
+        return nxt if nxt >= max(min_keep[g], 1) else k
+
+    def price(g: int) -> float:
+        nxt = step(g)
+        if nxt == kept[g]:
+            return np.inf
+        saved = flops_at(by_group[g], kept, channels) - flops_at(by_group[g], {**kept, g: nxt}, channels)
+        if saved <= 0:
+            return np.inf
+        c0 = channels[g]
+        return (curves[g][c0 - nxt] - curves[g][c0 - kept[g]]) / saved
+
+    prices = {g: price(g) for g in sorted(curves)}
+    removed = 0.0
+    while removed < budget and prices:
+        g = min(sorted(prices), key=lambda x: prices[x])
+        if not np.isfinite(prices[g]):
+            break
+        kept[g] = step(g)
+        removed = dense - flops_at(terms, kept, channels)
+        touched = {h for t in by_group[g] for h in t.groups()} & set(curves)
+        for h in touched:
+            prices[h] = price(h)
+    return kept

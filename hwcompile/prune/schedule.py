@@ -11,6 +11,22 @@
 Channel pruning follows the same three schedules over channel groups (gradual: a group's kept
 count falls from C to ``C - round(r C)`` in k steps; iterative: one group at a time), and refits
 the *sinks* (the layers reading the removed channels) after each change.
+
+What ``channels=R`` means depends on ``PruneConfig.channel_allocation``:
+
+- ``uniform``: every planned group loses ``round(R C)`` of its ``C`` channels (a Conv between two
+  such groups then loses ``1 - (1-R)^2`` of its FLOPs: R = 0.3 removes ~half the FLOPs).
+- ``global`` (default): R is the fraction of the *prunable FLOPs* to remove: the FLOPs (as
+  ``analysis.stats`` counts them, dense model) of every Conv/Gemm/MatMul whose cost depends on the
+  channel count of a group the plan allows to shrink (its producers, depthwise convs and readers),
+  each layer weighted by the largest R planned for a group it depends on. The budget is spread over
+  the groups by ``channels.allocate_global`` (least damage per FLOP saved first); the stem (groups
+  reading the model input), the head (groups read by a Gemm/MatMul) and groups of at most
+  ``channel_min_group`` channels stay dense (``channel_protect_ends``), and no group loses more than
+  ``channel_max_ratio`` of its channels. Damage: with calibration data and ``activation``
+  importance, the sinks' relative output error after the least-squares refit (``refit_curve``);
+  otherwise the fraction of the group's L1/L2 importance mass removed (``score_curve``). The
+  channels kept are the ones that ranking keeps, in every round of every schedule.
 """
 from __future__ import annotations
 
@@ -23,7 +39,10 @@ import numpy as np
 from ..data import Dataset
 from ..errors import ConfigError, UnsupportedError
 from ..ir import Graph, const_array, is_constant
-from .channels import analyze_channels, apply_channel_keep, channel_importance, channel_rms, set_const
+from ..analysis.stats import layer_stats
+from ..quant.compensate import weight_to_rows
+from .channels import (allocate_global, analyze_channels, apply_channel_keep, channel_importance, channel_rms,
+                       flop_terms, flops_at, refit_curve, score_curve, set_const)
 from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, refit_weight_bias, relative_error
 from .semistructured import WeightTarget, global_ratios, importance, layer_mask
 
@@ -49,6 +68,10 @@ class PruneConfig:
     calib_samples: int = 256
     batch_size: int = 8
     channel_multiple: int = 1            # kept channel counts are rounded up to a multiple of this
+    channel_allocation: str = "global"   # global (R = fraction of prunable FLOPs) | uniform (R per group)
+    channel_max_ratio: float = 0.75      # global: no group loses more than this fraction of its channels
+    channel_min_group: int = 16          # global: groups with at most this many channels stay dense
+    channel_protect_ends: bool = True    # global: the stem and head groups stay dense
 
     def __post_init__(self) -> None:
         checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
@@ -56,7 +79,10 @@ class PruneConfig:
                   "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
                   "ridge": self.ridge >= 0, "max_rows": self.max_rows >= 1,
                   "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1,
-                  "channel_multiple": self.channel_multiple >= 1}
+                  "channel_multiple": self.channel_multiple >= 1,
+                  "channel_allocation": self.channel_allocation in ("global", "uniform"),
+                  "channel_max_ratio": 0.0 < self.channel_max_ratio <= 1.0,
+                  "channel_min_group": self.channel_min_group >= 0}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {getattr(self, key)!r}", where=f"plan.notes.prune_{key.rstrip('_')}",
@@ -188,7 +214,14 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
     reference = graph.clone() if calib is not None and config.reconstruct else None
     orig_keep: dict[str, np.ndarray] = {}     # reference output channels each shrunk Conv still has
     report: dict[str, dict] = {"groups": {}, "refit": {}}
-    first = dict(_eligible(graph, analyze_channels(graph), ratios, skipped))
+    ana0 = analyze_channels(graph)
+    first = dict(_eligible(graph, ana0, ratios, skipped))
+    ranks: dict[tuple, tuple[str, np.ndarray]] = {}   # global: (criterion, score per original channel)
+    if config.channel_allocation == "global" and first:
+        first, ranks, protected = _allocate(graph, ana0, first, calib, config, method, report)
+        for key, why in protected.items():
+            for p in key:
+                skipped[p] = f"kept dense by the global channel allocation ({why})"
     keys = sorted(first, key=lambda k: min(_position(graph, p) for p in k))
     if config.schedule == "gradual":   # (groups, fraction of the target reached after the round)
         rounds = [(keys, s / config.steps) for s in range(1, config.steps + 1)]
@@ -201,7 +234,7 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
         ana = analyze_channels(graph)
         groups = {g.key: g for g in ana.groups.values() if g.key in selected}
         rms = None
-        if method == "activation":
+        if method == "activation" and not ranks:
             values = list(dict.fromkeys(graph.node(s_).inputs[0].name for g in groups.values() for s_ in g.sinks))
             rms = channel_rms(graph, values, calib, batch_size=config.batch_size, limit=config.calib_samples)
         keep, sinks = {}, []
@@ -210,8 +243,12 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
             n_keep = _n_keep(c0, ratio * frac, config.channel_multiple)
             if n_keep >= g.channels:
                 continue
-            m = method if (method != "activation" or g.sinks) else "l1"
-            score = channel_importance(graph, ana, g, m, rms)
+            if ranks:
+                m, rank = ranks[key]
+                score = rank[orig_keep.get(key[0], np.arange(c0))]
+            else:
+                m = method if (method != "activation" or g.sinks) else "l1"
+                score = channel_importance(graph, ana, g, m, rms)
             keep[g.gid] = np.sort(np.argsort(-score, kind="stable")[:n_keep])
             sinks += [x for x in g.sinks if x not in sinks]
             entry = report["groups"].setdefault(",".join(key), {"producers": list(key), "channels": c0, "ratio": ratio})
@@ -231,6 +268,73 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
             _refit_sinks(graph, reference, sinks + stale, calib, config, orig_keep, report)
             refit_done += [x for x in sinks if x not in refit_done]
     return report
+
+
+def _allocate(graph, ana, first, calib, config, method, report):
+    """Per-group ratios for one global FLOP budget, and each group's channel ranking (module docstring)."""
+    groups = {g.key: g for g in ana.groups.values() if g.key in first}
+    protected: dict[tuple, str] = {}
+    for key, g in groups.items():
+        if config.channel_protect_ends and any(id(graph.node(p).inputs[0]) not in ana.spaces for p in g.producers):
+            protected[key] = "stem: reads the model input"
+        elif config.channel_protect_ends and any(graph.node(s).op_type != "Conv" for s in g.sinks):
+            protected[key] = "head: read by a Gemm/MatMul"
+        elif g.channels <= config.channel_min_group:
+            protected[key] = f"{g.channels} channels <= channel_min_group ({config.channel_min_group})"
+    free = [k for k in groups if k not in protected]
+    root = {k: groups[k].gid for k in groups}
+    channels = {root[k]: groups[k].channels for k in groups}
+    terms = flop_terms(graph, ana, {n: s["flops"] for n, s in layer_stats(graph).items()})
+    ratio_of = {root[k]: first[k][1] for k in groups}
+    live = [t for t in terms if t.groups() & set(ratio_of)]
+    prunable = sum(t.flops for t in live)
+    budget = sum(t.flops * max(ratio_of[r] for r in t.groups() if r in ratio_of) for t in live)
+    m = config.channel_multiple
+    min_keep = {root[k]: min(groups[k].channels, -(-max(1, int(np.ceil((1 - config.channel_max_ratio) *
+                                                                      groups[k].channels))) // m) * m) for k in free}
+    refit = method == "activation" and calib is not None
+    grams = _grams(graph, None, [s for k in free for s in groups[k].sinks], calib, config) if refit else {}
+    curves, ranks = {}, {}
+    for k in free:
+        g, c0 = groups[k], groups[k].channels
+        sinks = _sink_blocks(graph, ana, g, grams, config) if refit else None
+        if sinks:
+            crit, (order, curve) = "refit error", refit_curve(sinks, c0, c0 - min_keep[root[k]], config.ridge)
+        else:
+            crit = "l1 mass" if method == "activation" else f"{method} mass"
+            order, curve = score_curve(channel_importance(graph, ana, g, crit.split()[0]))
+        rank = np.full(c0, float(c0))             # higher = removed later; channels never removed: c0
+        rank[order] = np.arange(len(order))
+        curves[root[k]], ranks[k] = curve, (crit, rank)
+    kept = allocate_global(terms, channels, curves, min_keep, m, budget)
+    out = {k: (first[k][0], (1.0 - kept[root[k]] / groups[k].channels) if root[k] in kept else 0.0)
+           for k in groups}
+    report["allocation"] = {
+        "mode": "global", "criterion": "refit error" if refit else f"{method} mass",   # per group: groups.importance
+        "flops_prunable": prunable, "flops_budget": budget,
+        "flops_removed_planned": flops_at(terms, {}, channels) - flops_at(terms, kept, channels),
+        "protected": {",".join(k): why for k, why in protected.items()}}
+    return out, ranks, protected
+
+
+def _sink_blocks(graph, ana, group, grams, config):
+    """``refit_curve``'s per-sink data for ``group``; None if a sink has no Gram (not refittable)."""
+    out = []
+    for name in group.sinks:
+        gram = grams.get(name)
+        if gram is None or gram.groups != 1:
+            return None
+        node = graph.node(name)
+        w = weight_to_rows(const_array(node.inputs[1]).astype(np.float64), gram.layout)
+        g = gram.G[0]
+        if config.refit_bias and gram.sx is not None and bias_slot(graph, node) is not None:
+            g = g - np.outer(gram.sx[0], gram.sx[0]) / max(gram.rows, 1)
+        segs = ana.segments(node.inputs[0])
+        b = w.shape[1] // sum(n for _, _, n in segs)
+        cols = np.concatenate([(off + np.arange(n))[:, None] * b + np.arange(b)[None, :]
+                               for r, off, n in segs if r == group.gid], axis=1)
+        out.append((w, g, cols, gram.yty))
+    return out
 
 
 def _n_keep(c0: int, ratio: float, multiple: int) -> int:
