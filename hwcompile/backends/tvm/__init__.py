@@ -5,14 +5,17 @@ linked by the target's cross compiler when it has one), ``model.onnx`` (the grap
 lowered, for reference) and ``tvm.json`` (target, tuning database, versions, the layer order
 used to map kernel times). Q/DQ pass through: the Relax ONNX frontend converts per-tensor and
 per-channel QuantizeLinear/DequantizeLinear to ``relax.quantize``/``dequantize``, which LLVM
-runs as float fake-quantization (FoldConstant pre-dequantizes constant weights), so INT8 here is
-an accuracy emulation, not an integer speed-up. Block-wise (INT4) Q/DQ and contrib ops are
+runs as float fake-quantization (FoldConstant pre-dequantizes constant weights), except for
+MatMul/Gemm layers with symmetric INT8 weights on AVX2 x86: those are rewritten to the integer
+kernel in ``kernels/tvm/int8_matmul.py`` (exact int32 accumulation; ``int8_kernels = false``
+turns it off; ``tvm.json`` lists the layers that used it and those declined, with the reason).
+Convolutions stay fake-quantized: INT8 Conv here is an accuracy emulation. Block-wise (INT4) Q/DQ and contrib ops are
 refused naming the node. Dynamic INT8 (DynamicQuantizeLinear -> MatMulInteger) runs in exact
 int32 arithmetic, so INT8 GEMM weights stay signed (no u8*s8 int16 saturation as in onnxruntime's
 AVX2 kernels: there, with int8 weights, onnxruntime was the one off by ~12% when checked).
 
 Settings (``[backend_settings]``, see ``build.TVMSettings``): ``target`` (a TVM target table,
-``mcpu = "host"`` for this CPU), ``cc``, ``tune_trials``, ``tune_trials_per_task``, ``tune_timeout_s``,
+``mcpu = "host"`` for this CPU), ``cc``, ``int8_kernels``, ``tune_trials``, ``tune_trials_per_task``, ``tune_timeout_s``,
 ``rpc_host``, ``rpc_key``, ``rpc_timeout_s``. Static shapes for dynamic inputs may be given as
 ``plan.notes["input_shapes"]`` ({input: [dims]}); otherwise dynamic dimensions stay symbolic, except
 when tuning, where a dynamic batch becomes 1. A library built for a fixed batch runs larger batches
