@@ -86,12 +86,15 @@ def minilm(lines: list[str]) -> None:
 def mixed(lines: list[str]) -> None:
     lines.append("## Mixed precision: front vs uniform configurations (issue 4)\n")
     for model in ("efficientnet", "minilm"):
-        d = _load(f"mixed_{model}")
+        d, quick = _load(f"mixed_{model}"), False
+        if d is None:
+            d, quick = _load(f"mixed_{model}_quick"), True
         if d is None:
             lines.append(f"- {model}: not run\n")
             continue
         metric = d.get("metric", "metric")
-        lines.append(f"### {model} (machine: {_machine(d)})\n")
+        lines.append(f"### {model}{' (--quick run)' if quick else ''} (machine: {_machine(d)})\n")
+        lines.append(f"Accuracy: {d.get('evaluation', '')}.\n")
         rows = []
         for u in d.get("dominance", []):
             best = u.get("fastest_front_at_least_as_accurate") or {}
