@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import imagenet_samples  # noqa: E402
-from benchmarks.common.export import cached_efficientnet_lite0  # noqa: E402
+from benchmarks.common.export import cached_efficientnet_lite0, eval_imagenet_top1_top5  # noqa: E402
 from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
@@ -33,13 +33,7 @@ from hwcompile.transform import apply_plan  # noqa: E402
 
 def top1_top5(sess, x, y) -> tuple[float, float]:
     name = sess.get_inputs()[0].name
-    hit1 = hit5 = 0
-    for i in range(len(x)):
-        logits = sess.run(None, {name: x[i:i + 1]})[0].reshape(-1)
-        top = np.argsort(-logits)[:5]
-        hit1 += int(top[0] == y[i])
-        hit5 += int(y[i] in top)
-    return hit1 / len(x), hit5 / len(x)
+    return eval_imagenet_top1_top5(lambda f: sess.run(None, f), x, y, input_name=name)
 
 
 def ort_quantize_static(src: Path, dst: Path, calib: np.ndarray, method: str) -> Path:

@@ -33,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import imagenet_samples, stsb_test  # noqa: E402
-from benchmarks.common.export import cached_efficientnet_lite0, cached_minilm, eval_stsb_spearman, minilm_tokenize  # noqa: E402
+from benchmarks.common.export import (cached_efficientnet_lite0, cached_minilm, eval_imagenet_top1_top5,  # noqa: E402
+                                      eval_stsb_spearman, minilm_tokenize)
 from benchmarks.common.measure import RESULTS, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.analysis.stats import model_summary  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
@@ -51,13 +52,7 @@ PRUNE_CACHE: dict = {}
 
 def top1_top5(sess, x, y) -> tuple[float, float]:
     name = sess.get_inputs()[0].name
-    hit1 = hit5 = 0
-    for i in range(len(x)):
-        logits = sess.run(None, {name: x[i:i + 1]})[0].reshape(-1)
-        top = np.argsort(-logits)[:5]
-        hit1 += int(top[0] == y[i])
-        hit5 += int(y[i] in top)
-    return hit1 / len(x), hit5 / len(x)
+    return eval_imagenet_top1_top5(lambda f: sess.run(None, f), x, y, input_name=name)
 
 
 def plan_with(sparsity: str, precision: str = "fp32", **notes) -> PrecisionPlan:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import imagenet_samples  # noqa: E402
 from benchmarks.common.export import cached_efficientnet_lite0  # noqa: E402
-from benchmarks.common.measure import log, save, session  # noqa: E402
+from benchmarks.common.measure import interleaved_calls, log, save, session  # noqa: E402
 from hwcompile.backends.base import get_backend  # noqa: E402
 from hwcompile.backends.tvm.run import default_threads, open_session  # noqa: E402
 from hwcompile.backends.tvm import TVMSettings  # noqa: E402
@@ -49,24 +49,6 @@ from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.plan import PrecisionPlan  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
 from hwcompile.transform import apply_plan  # noqa: E402
-
-
-def interleave(runs: dict, *, rounds: int, repeats: int, warmup: int) -> dict:
-    samples = {k: [] for k in runs}
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, xs in samples.items():
-        q1, q3 = np.percentile(xs, [25, 75])
-        out[name] = {"latency_ms": statistics.median(xs), "iqr_ms": float(q3 - q1), "runs": len(xs)}
-    return out
 
 
 def main() -> None:
@@ -144,7 +126,7 @@ def main() -> None:
                            "ort_fp32_top1": top1_ort / len(x_eval), "images": len(x_eval)}
             log(f"{name}: {agree[name]}")
         log("latency, interleaved")
-        lat = interleave(runs, rounds=args.rounds, repeats=args.repeats, warmup=5)
+        lat = interleaved_calls(runs, rounds=args.rounds, repeats=args.repeats, warmup=5)
         lock.close()
     base = lat["ort_fp32"]["latency_ms"]
     for name, r in lat.items():

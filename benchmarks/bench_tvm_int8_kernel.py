@@ -39,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common.measure import log, save, session  # noqa: E402
+from benchmarks.common.measure import interleaved_calls, log, save, session  # noqa: E402
 from hwcompile.backends.base import get_backend  # noqa: E402
 from hwcompile.backends.tvm import TVMSettings  # noqa: E402
 from hwcompile.backends.tvm.run import default_threads, open_session  # noqa: E402
@@ -73,24 +73,6 @@ def models(m: int, k: int, n: int, seed: int = 0) -> tuple[onnx.ModelProto, onnx
     inits = [t(np.float32(sx), "sx"), t(zx, "zx"), t(wq, "wq"), t(sw.astype(np.float32), "sw"), t(np.zeros(n, np.int8), "zw")]
     int8 = helper.make_model(helper.make_graph(nodes, "int8", *io, inits), opset_imports=opset)
     return fp32, int8, {"x": x}
-
-
-def interleave(runs: dict, *, rounds: int, repeats: int, warmup: int) -> dict:
-    samples: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, xs in samples.items():
-        q1, q3 = np.percentile(xs, [25, 75])
-        out[name] = {"latency_ms": statistics.median(xs), "iqr_ms": float(q3 - q1), "runs": len(xs)}
-    return out
 
 
 def main() -> None:
@@ -144,7 +126,7 @@ def main() -> None:
             try:
                 for (m, k, n), (runs, outs, kernel_info) in prepared.items():
                     key = f"M{m}_K{k}_N{n}"
-                    lat = interleave(runs, rounds=args.rounds, repeats=args.repeats, warmup=5)
+                    lat = interleaved_calls(runs, rounds=args.rounds, repeats=args.repeats, warmup=5)
                     ref = outs["tvm_int8_stock"]
                     scale = float(np.abs(ref).max())
                     ms = {k2: v["latency_ms"] for k2, v in lat.items()}

@@ -26,26 +26,34 @@ def session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
-def interleaved_latency(sessions: Mapping[str, ort.InferenceSession], feeds: Mapping[str, np.ndarray], *,
-                        rounds: int = 5, repeats: int = 40, warmup: int = 10) -> dict[str, dict]:
-    """Median over all timed runs (ms) and IQR per configuration, runs interleaved by round."""
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
-    for name, s in sessions.items():
-        f = {i.name: feeds[i.name] for i in s.get_inputs()}
+def interleaved_calls(calls: Mapping[str, Callable[[], object]], *, rounds: int = 5, repeats: int = 40,
+                      warmup: int = 10) -> dict[str, dict]:
+    """Median over all timed calls (ms) and IQR per configuration, calls interleaved by round."""
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():
         for _ in range(warmup):
-            s.run(None, f)
+            fn()
     for _ in range(rounds):
-        for name, s in sessions.items():
-            f = {i.name: feeds[i.name] for i in s.get_inputs()}
+        for name, fn in calls.items():
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                s.run(None, f)
+                fn()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
     out = {}
     for name, xs in samples.items():
         q1, q3 = np.percentile(xs, [25, 75])
         out[name] = {"latency_ms": statistics.median(xs), "iqr_ms": float(q3 - q1), "runs": len(xs)}
     return out
+
+
+def interleaved_latency(sessions: Mapping[str, ort.InferenceSession], feeds: Mapping[str, np.ndarray], *,
+                        rounds: int = 5, repeats: int = 40, warmup: int = 10) -> dict[str, dict]:
+    """:func:`interleaved_calls` of ``session.run`` on ``feeds`` (each session takes its own inputs)."""
+    def call(s: ort.InferenceSession) -> Callable[[], object]:
+        f = {i.name: feeds[i.name] for i in s.get_inputs()}
+        return lambda: s.run(None, f)
+
+    return interleaved_calls({k: call(s) for k, s in sessions.items()}, rounds=rounds, repeats=repeats, warmup=warmup)
 
 
 def machine() -> dict:
