@@ -160,6 +160,20 @@ def test_never_slower_than_fp32(tmp_path, monkeypatch):
     assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(3.0, abs=1e-6)
 
 
+def test_a_plan_within_noise_of_fp32_is_not_chosen(tmp_path, monkeypatch):
+    # INT8 on conv_c saves 0.5 % end to end (0.02 ms of 3.2): within noise, so FP32 is emitted with the
+    # reason; with a 0.1 % margin the same search emits the INT8 plan.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 1.1, "int8": 0.98}, boundary_ms=0.0)
+    so = SearchOptions(use_cache=False, min_layer_saving=0.0)
+    plan, info = search(dev, tmp_path, monkeypatch, so=so)
+    assert all(c.candidate == "fp32" for c in plan.layers.values())
+    assert info["search"]["chosen"]["source"] == "uniform:fp32"
+    assert "by less than 2 %" in info["search"]["fallback"]
+    so_loose = SearchOptions(use_cache=False, min_layer_saving=0.0, min_plan_gain=0.001)
+    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=so_loose)
+    assert plan2.layers["conv_c"].candidate == "int8"
+
+
 def test_latency_budget_minimizes_damage(tmp_path, monkeypatch):
     # No boundary cost: the per-layer tables are exact, so the first plan must be the brute-force
     # optimum over all 27 assignments: least summed damage with 0.2 + sum(latency) <= 2.9 ms.
