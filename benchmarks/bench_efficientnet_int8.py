@@ -18,11 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common.data import imagenet_samples  # noqa: E402
+from benchmarks.common.data import imagenet_calib_eval  # noqa: E402
 from benchmarks.common.export import cached_efficientnet_lite0, eval_imagenet_top1_top5  # noqa: E402
 from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import save as save_onnx  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
@@ -114,12 +113,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer configurations and eval images")
     args = ap.parse_args()
     src = cached_efficientnet_lite0()
-    xc, _ = imagenet_samples("even")
-    xc = xc[::5][:100]
-    xe, ye = imagenet_samples("odd")
-    if args.quick:
-        xe, ye = xe[:100], ye[:100]
-    calib = Dataset({"input": xc}, source="imagenet-even-100")
+    calib, xe, ye = imagenet_calib_eval(args.quick)
+    xc = calib.inputs["input"]
     work = Path(tempfile.mkdtemp(prefix="bench-effnet-"))
     models: dict[str, Path] = {"fp32 (exported)": src}
 

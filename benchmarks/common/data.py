@@ -85,6 +85,18 @@ def imagenet_samples(split: str = "all", normalize: str = "halfhalf",
     return x, y
 
 
+def imagenet_calib_eval(quick: bool = False):
+    """The EfficientNet benchmarks' split: (calibration Dataset of 100 even-class images, every
+    fifth; odd-class eval images, labels; the first 100 of them when ``quick``)."""
+    from hwcompile.data import Dataset
+
+    xc, _ = imagenet_samples("even")
+    xe, ye = imagenet_samples("odd")
+    if quick:
+        xe, ye = xe[:100], ye[:100]
+    return Dataset({"input": xc[::5][:100]}, source="imagenet-even-100"), xe, ye
+
+
 def stsb_test() -> list[tuple[str, str, float]]:
     """STS Benchmark test pairs ``(sentence1, sentence2, score in [0, 5])``, 1,379 of them.
 
