@@ -61,7 +61,7 @@ def search(device, tmp_path, monkeypatch, so: SearchOptions | None = None, **opt
     base = PrecisionPlan.uniform("fp32")
     base.target = TARGET.name
     return plan_mixed(graph, base, TARGET, device, calib, None, options, None, None, tmp_path, lambda s: None,
-                      so or SearchOptions(use_cache=False))
+                      so or SearchOptions(use_cache=False, boundary_probe=False))
 
 
 def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
@@ -90,6 +90,29 @@ def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
     assert saved["stage"] == "done" and saved["plan"]["layers"] == plan.to_dict()["layers"]
 
 
+def test_boundary_probe_prices_boundaries_before_the_first_solve(tmp_path, monkeypatch):
+    # The device of test_feedback_learns_the_boundary_cost. The probe alternates the fastest uniform
+    # candidate (int8) with fp32: int8-fp32-int8, 2 boundaries, measured 0.2 + 0.3 + 1.0 + 0.3 + 2 * 0.6
+    # = 3.0 ms against 1.8 predicted from the per-layer tables, so t = 0.6 ms is known before the
+    # first solve, which then picks all-fp16 (2.6 ms; fp16-fp16-int8 costs 2.7) and predicts it exactly.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6)
+    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False))
+    probe = [p for p in info["measured"] if p["source"].startswith("boundary probe")]
+    assert len(probe) == 1 and probe[0]["source"] == "boundary probe (int8/fp32 alternating)"
+    assert [probe[0]["assignment"][l] for l in LAYERS] == ["int8", "fp32", "int8"]
+    assert probe[0]["latency_ms"] == pytest.approx(3.0)
+    assert probe[0]["predicted_latency_ms"] == pytest.approx(1.8)
+    fb = info["feedback"]
+    assert fb[0]["plan_summary"] == {"fp16": 3}
+    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.6, abs=1e-6)
+    assert fb[0]["predicted_latency_ms"] == pytest.approx(fb[0]["measured_latency_ms"]) == pytest.approx(2.6)
+    assert {lid: c.candidate for lid, c in plan.layers.items()} == {l: "fp16" for l in LAYERS}
+    # switched off, the first solve is blind to boundaries (the test above)
+    _, blind = search(dev, tmp_path / "off", monkeypatch, so=SearchOptions(use_cache=False, boundary_probe=False))
+    assert blind["feedback"][0]["plan_summary"] == {"fp16": 2, "int8": 1}
+    assert not any(p["source"].startswith("boundary probe") for p in blind["measured"])
+
+
 class DriftingDevice(SyntheticDevice):
     """The synthetic device on a shared machine: every timing is multiplied by a load factor that
     changes every ``period`` profiler calls (another process starting and stopping)."""
@@ -113,7 +136,7 @@ def test_load_changes_cancel_against_the_fp32_reference(tmp_path, monkeypatch):
     # at most one of them, so the median ratio is exact and the search reaches the same plan and the
     # same boundary cost (in FP32 units) as on a quiet machine.
     dev = DriftingDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6)
-    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False, rounds=5))
+    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False, rounds=5, boundary_probe=False))
     ref = info["search"]["fp32_reference_ms"]
     fb = info["feedback"]
     assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
@@ -142,7 +165,7 @@ def test_candidates_within_noise_of_fp32_are_not_offered(tmp_path, monkeypatch):
                                                                     "conv_c": "int8"}
     assert all(f["plan_summary"].get("fp16", 0) == 0 for f in info["feedback"])
     # with the margin off, the same search takes the 2 %
-    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_layer_saving=0.0))
+    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_layer_saving=0.0, boundary_probe=False))
     assert plan2.layers["conv_a"].candidate == "fp16" and plan2.layers["conv_b"].candidate == "fp16"
 
 
@@ -164,12 +187,12 @@ def test_a_plan_within_noise_of_fp32_is_not_chosen(tmp_path, monkeypatch):
     # INT8 on conv_c saves 0.5 % end to end (0.02 ms of 3.2): within noise, so FP32 is emitted with the
     # reason; with a 0.1 % margin the same search emits the INT8 plan.
     dev = SyntheticDevice({"fp32": 1.0, "fp16": 1.1, "int8": 0.98}, boundary_ms=0.0)
-    so = SearchOptions(use_cache=False, min_layer_saving=0.0)
+    so = SearchOptions(use_cache=False, min_layer_saving=0.0, boundary_probe=False)
     plan, info = search(dev, tmp_path, monkeypatch, so=so)
     assert all(c.candidate == "fp32" for c in plan.layers.values())
     assert info["search"]["chosen"]["source"] == "uniform:fp32"
     assert "by less than 2 %" in info["search"]["fallback"]
-    so_loose = SearchOptions(use_cache=False, min_layer_saving=0.0, min_plan_gain=0.001)
+    so_loose = SearchOptions(use_cache=False, min_layer_saving=0.0, min_plan_gain=0.001, boundary_probe=False)
     plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=so_loose)
     assert plan2.layers["conv_c"].candidate == "int8"
 
