@@ -22,7 +22,7 @@ from benchmarks.common.data import imagenet_calib_eval  # noqa: E402
 from benchmarks.common.export import cached_efficientnet_lite0, eval_imagenet_top1_top5  # noqa: E402
 from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from hwcompile.ir import save as save_onnx  # noqa: E402
+from benchmarks.common.build import lower_host_cpu  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
 from hwcompile.plan import LayerChoice, PrecisionPlan  # noqa: E402
@@ -122,8 +122,7 @@ def main() -> None:
     graph = cleanup(load(src))
     target = load_target("host-cpu")
     style = OnnxRuntimeBackend().qdq_style(target)
-    save_onnx(graph, work / "hwc_fp32.onnx")
-    models["hwcompile fp32"] = work / "hwc_fp32.onnx"
+    models["hwcompile fp32"] = lower_host_cpu(graph, work / "hwc_fp32")
     cache: dict = {}
     variants = [("minmax", "bias"), ("percentile", "bias"), ("mse", "bias"), ("entropy", "bias"), ("mse", "none")]
     if args.quick:
@@ -132,8 +131,7 @@ def main() -> None:
         log(f"hwcompile int8 {method}/{comp}")
         plan = PrecisionPlan.uniform("int8", calib_method=method, compensation=comp)
         g = apply_plan(graph.clone(), plan, style, calib, cache=cache)
-        save_onnx(g, work / f"hwc_int8_{method}_{comp}.onnx")
-        models[f"hwcompile int8 {method}/{comp}"] = work / f"hwc_int8_{method}_{comp}.onnx"
+        models[f"hwcompile int8 {method}/{comp}"] = lower_host_cpu(g, work / f"hwc_int8_{method}_{comp}", plan)
     # Placement experiments (benchmarks/QUANT_NOTES.md): the stem (Cin=3, slower as QLinearConv than
     # as onnxruntime's NCHWc float kernel) or every depthwise conv left in float.
     convs = [n for n in graph.layers() if n.op_type == "Conv"]
@@ -146,9 +144,8 @@ def main() -> None:
         for n in keep:
             plan = plan.with_layer(n.name, fp32)
         g = apply_plan(graph.clone(), plan, style, calib, cache=cache)
-        path = work / f"hwc_int8_{label.replace(' ', '_')}.onnx"
-        save_onnx(g, path)
-        models[f"hwcompile int8 minmax/bias, {label}"] = path
+        models[f"hwcompile int8 minmax/bias, {label}"] = lower_host_cpu(g, work / f"hwc_int8_{label.replace(' ', '_')}",
+                                                                        plan)
     for method in (["MinMax", "Percentile", "Entropy"] if not args.quick else ["MinMax", "Percentile"]):
         log(f"onnxruntime quantize_static {method}")
         try:

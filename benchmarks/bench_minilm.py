@@ -27,7 +27,8 @@ from benchmarks.common.export import cached_minilm, mean_pool, minilm_tokenize  
 from benchmarks.common.measure import kernel_time_by_op, file_size, interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402
-from hwcompile.ir import load, save as save_onnx  # noqa: E402
+from benchmarks.common.build import lower_host_cpu  # noqa: E402
+from hwcompile.ir import load  # noqa: E402
 from hwcompile.passes import cleanup, eliminate_dead_code, run_passes  # noqa: E402
 from hwcompile.passes.quantize_dynamic import quantize_dynamic_layers  # noqa: E402
 from hwcompile.plan import PrecisionPlan  # noqa: E402
@@ -89,8 +90,7 @@ def main() -> None:
     graph = cleanup(load(src))
     target = load_target("host-cpu")
     style = OnnxRuntimeBackend().qdq_style(target)
-    save_onnx(graph, work / "hwc_fp32.onnx")
-    models["hwcompile fp32"] = work / "hwc_fp32.onnx"
+    models["hwcompile fp32"] = lower_host_cpu(graph, work / "hwc_fp32")
     calib_sentences = [s for p in calib_pairs for s in p[:2]]
     calib = Dataset(dict(minilm_tokenize(calib_sentences, SEQ)), source="stsb-first-200-pairs")
     cache: dict = {}
@@ -101,15 +101,13 @@ def main() -> None:
     ]:
         log(name)
         g = apply_plan(graph.clone(), plan, style, data, cache=cache)
-        save_onnx(g, work / f"{name.replace(' ', '_')}.onnx")
-        models[name] = work / f"{name.replace(' ', '_')}.onnx"
+        models[name] = lower_host_cpu(g, work / name.replace(' ', '_'), plan)
     if args.uint8_weights:  # the weight format hwcompile used before: uint8 weights, exact u8*u8 kernel
         log("hwcompile int8dyn, uint8 weights")
         g = graph.clone()
         quantize_dynamic_layers(g, g.layers(), PrecisionPlan.uniform("int8dyn"), style, weight_format=("uint8", 8))
         g = run_passes(g, [eliminate_dead_code])
-        save_onnx(g, work / "hwc_int8dyn_u8.onnx")
-        models["hwcompile int8dyn, uint8 weights"] = work / "hwc_int8dyn_u8.onnx"
+        models["hwcompile int8dyn, uint8 weights"] = lower_host_cpu(g, work / "hwc_int8dyn_u8")
 
     log("onnxruntime quantize_dynamic")
     from onnxruntime.quantization import quantize_dynamic

@@ -117,7 +117,7 @@ def efficientnet_case(quick: bool) -> Case:
 
     xeven, yeven = imagenet_samples("even")
     idx = np.arange(len(xeven))
-    calib_idx, held = idx[::5][:100], idx[idx % 5 != 0][: 100 if quick else 200]
+    calib_idx, held = idx[::5][:100], idx[idx % 5 != 0][: 100 if quick else 400]
     xe, ye = imagenet_samples("odd")
     if quick:
         xe, ye = xe[:200], ye[:200]

@@ -2,7 +2,9 @@
 
 Lowering writes ``model.onnx`` (Q/DQ as the quantize pass placed them; onnxruntime's graph
 optimizer fuses DQ -> op -> Q into integer kernels such as QLinearConv and MatMulIntegerToFloat)
-and ``session.json`` with the session settings the target asks for. Profiling times whole runs,
+and ``session.json`` with the session settings the target asks for. On the CPU provider, residual
+Adds feeding a LayerNormalization are written as Sum where onnxruntime's fused SkipLayerNormalization
+measures slower on this machine (``ort_layernorm``; target setting ``unfuse_slow_skip_layernorm``). Profiling times whole runs,
 then runs onnxruntime's own profiler and maps its kernel events back to layer ids. onnxruntime
 renames and fuses nodes, so mapping tries, in order: the exact node name; the node our passes
 inserted it for (``hwcompile.serves``); the original producer of any output value of the
@@ -25,6 +27,7 @@ from ..ir import SERVES, Graph, save
 from ..plan import PrecisionPlan, write_text_atomic
 from ..targets import Target
 from .base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner, time_runs
+from .ort_layernorm import sum_for_slow_skip_layernorm
 
 __all__ = ["OnnxRuntimeBackend", "session_options", "layer_map_from_model"]
 
@@ -85,13 +88,21 @@ class OnnxRuntimeBackend(Backend):
 
     def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save(graph, out_dir / "model.onnx")
         settings = {"execution_provider": target.settings.get("execution_provider", "CPUExecutionProvider"),
                     "graph_optimization_level": target.settings.get("graph_optimization_level", "all"),
                     "intra_op_num_threads": int(target.settings.get("intra_op_num_threads", 0))}
+        info: dict = {"session": settings}
+        if settings["execution_provider"] == "CPUExecutionProvider" and target.settings.get("unfuse_slow_skip_layernorm", True):
+            with sum_for_slow_skip_layernorm(graph, settings["intra_op_num_threads"],
+                                             _LEVELS[settings["graph_optimization_level"]]) as record:
+                save(graph, out_dir / "model.onnx")
+            if record["measured"]:
+                info["skip_layernorm"] = record
+        else:
+            save(graph, out_dir / "model.onnx")
         write_text_atomic(out_dir / "session.json", json.dumps(settings, indent=2) + "\n")
         return Artifact(directory=out_dir, backend=self.name, target=target.name,
-                        files={"model": "model.onnx", "session": "session.json"}, info={"session": settings})
+                        files={"model": "model.onnx", "session": "session.json"}, info=info)
 
     def _session(self, artifact: Artifact, target: Target, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
         settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())
