@@ -79,6 +79,7 @@ import numpy as np
 
 from ..analysis.sensitivity import SensitivityTable, layer_sensitivity
 from ..backends.base import Artifact, Backend
+from ..analysis.stats import inferred_shapes
 from ..data import Dataset
 from ..errors import ConfigError, DataError
 from ..ir import Graph
@@ -593,12 +594,16 @@ def _layer_edges(graph: Graph) -> tuple[list[tuple[int, int]], np.ndarray]:
                 else:
                     stack.extend(user.outputs)
     edges = sorted(edges)
-    numel = np.array([_numel(layers[i].outputs[0]) for i, _ in edges], dtype=np.float64)
+    shapes = inferred_shapes(graph)
+    numel = np.array([_numel(shapes.get(layers[i].outputs[0].name)) for i, _ in edges], dtype=np.float64)
     return edges, (numel / numel.mean() if len(edges) else numel)
 
 
-def _numel(value) -> float:
-    shape = getattr(value, "shape", None)
-    if shape is None:
+def _numel(dims) -> float:
+    """Elements of a tensor from freshly inferred dims (symbolic dims, i.e. the batch, count 1). The
+    shapes stored on values can be stale after clean-up (EfficientNet's exported Pads computed their
+    pads from Shape ops; once folded, stored spatial dims stayed symbolic and every edge weighed its
+    channel count only)."""
+    if dims is None:
         return 1.0
-    return float(np.prod([d if isinstance(d, int) else 1 for d in shape], dtype=np.float64))
+    return float(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.float64))
