@@ -76,7 +76,10 @@ def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: 
             skipped[name] = why
             del weights[name]
     if weights:
-        report["layers"] = prune_weights(graph, weights, calib, config)
+        shifted: dict = {}
+        report["layers"] = prune_weights(graph, weights, calib, config, shifted)
+        if shifted:
+            report["refit_unpruned"] = shifted
         graph.lint()
     graph.meta["prune"] = json.loads(json.dumps(report, default=_jsonable))
     after = to_bytes(graph)

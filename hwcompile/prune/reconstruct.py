@@ -15,6 +15,13 @@ the column sums ``s_x = X'^T 1``, ``s_y = Y^T 1`` and the row count are needed b
 ``C``). This absorbs the mean shift that pruning (and upstream pruning) causes: bias correction
 folded into the refit.
 
+``sparsegpt_weight`` chooses the N:M mask itself (SparseGPT with every pattern of a group tried,
+``quant.compensate.sparsegpt_prune``) instead of taking a fixed one: it starts from the layer's best
+dense fit ``W*`` (the ridge pulling toward the current weight; ``W* = W`` when the current model is
+the reference, since then ``C = G W^T``), because ``||X' W^T - Y||^2 = ||X' (W - W*)^T||^2 + const``,
+so pruning ``W*`` under ``H = X'^T X'`` minimises the error to the reference outputs. With an
+intercept the ones column is the last, never-pruned column and takes the mean of every error.
+
 Grouped convs are block diagonal: group ``j`` reads input columns ``[j d, (j+1) d)`` and writes
 rows ``[j k, (j+1) k)``, so ``G`` and ``C`` are kept per group (``[g, d, d]``, ``[g, d, k]``).
 Rows are subsampled at random positions from a generator seeded by (batch, layer), so memory is
@@ -28,15 +35,17 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from ..data import Dataset
+import onnx
+import onnxruntime as ort
+
+from ..data import Dataset, as_feeds, iterate
 from ..errors import DataError, UnsupportedError
-from ..ir import Graph, const_array
+from ..ir import Graph, const_array, to_proto
 from ..quant.calibration import im2col
-from ..quant.collect import session_with_outputs, run_with_outputs
-from ..quant.compensate import refit_from_gram, weight_to_rows, rows_to_weight
+from ..quant.compensate import refit_from_gram, sparsegpt_prune, weight_to_rows, rows_to_weight
 
 __all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "refit_weight_bias",
-           "relative_error"]
+           "relative_error", "nm_columns", "sparsegpt_weight"]
 
 
 @dataclass
@@ -123,14 +132,18 @@ class _Accumulator:
         self.yty, self.rows = 0.0, 0
 
     def update(self, xr: np.ndarray, y: np.ndarray | None) -> None:
+        # one batch's products in float32 (activations are float32; a batch holds at most max_rows rows),
+        # summed over batches in float64
+        x32 = xr.astype(np.float32)
+        y32 = None if y is None else y.astype(np.float32)
         if self.groups == 1:                                # plain BLAS products
-            g = (xr.T @ xr)[None]
-            c = None if y is None else (xr.T @ y)[None]
+            g = (x32.T @ x32).astype(np.float64)[None]
+            c = None if y is None else (x32.T @ y32).astype(np.float64)[None]
         else:
-            X = xr.reshape(xr.shape[0], self.groups, -1)    # [r, g, d]
-            g = np.einsum("rgd,rge->gde", X, X, optimize=True)
-            c = None if y is None else np.einsum("rgd,rgk->gdk", X, y.reshape(y.shape[0], self.groups, -1),
-                                                 optimize=True)
+            X = x32.reshape(x32.shape[0], self.groups, -1)    # [r, g, d]
+            g = np.einsum("rgd,rge->gde", X, X, optimize=True).astype(np.float64)
+            c = None if y is None else np.einsum("rgd,rgk->gdk", X, y32.reshape(y32.shape[0], self.groups, -1),
+                                                 optimize=True).astype(np.float64)
         sx = xr.sum(axis=0).reshape(self.groups, -1)
         self.G = g if self.G is None else self.G + g
         self.sx = sx if self.sx is None else self.sx + sx
@@ -168,7 +181,7 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
         ref_inputs = {v.name for v in reference.main.inputs}
         ref_wanted = list(dict.fromkeys(r.inputs[0].name for r in ref_nodes.values()
                                         if r.inputs[0].name not in ref_inputs))
-        ref_sess = session_with_outputs(reference, ref_wanted)
+        ref_sess = _session_upto(reference, ref_wanted) if ref_wanted else None
         ref_w = {n: _weight_groups(r, *layer_layout(r)) for n, r in ref_nodes.items()}
     batch = [0]
 
@@ -176,9 +189,9 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
         b = batch[0]
         batch[0] += 1
         ref_vals = {}
-        if ref_sess is not None:
+        if reference is not None:
             feeds = {k: values[k] for k in graph_inputs}
-            ref_vals = {**feeds, **dict(zip(ref_wanted, ref_sess.run(ref_wanted, feeds)))}
+            ref_vals = {**feeds, **(dict(zip(ref_wanted, ref_sess.run(ref_wanted, feeds))) if ref_sess else {})}
         sel = None
         if token_mask:
             if token_mask not in values:
@@ -188,7 +201,7 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
             seed = (b, i)
             xr = layer_rows(node, values[node.inputs[0].name], max_rows=max_rows, seed=seed, select=sel)
             y = None
-            if ref_sess is not None:
+            if reference is not None:
                 rnode = ref_nodes[node.name]
                 rr = layer_rows(rnode, ref_vals[rnode.inputs[0].name], max_rows=max_rows, seed=seed, select=sel)
                 if rr.shape[0] != xr.shape[0]:
@@ -203,7 +216,7 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
                     y = y[:, out_keep[node.name]]
             accs[node.name].update(xr, y)
 
-    run_with_outputs(graph, data, wanted, visit, batch_size=batch_size, limit=limit)
+    _run_upto(graph, data, wanted, visit, batch_size=batch_size, limit=limit)
     out: dict[str, LayerGram] = {}
     for node in nodes:
         acc = accs[node.name]
@@ -221,27 +234,72 @@ def collect_grams(graph: Graph, layers: Iterable[str], data: Dataset | Iterable[
     return out
 
 
+def _session_upto(graph: Graph, names: list[str]) -> ort.InferenceSession:
+    """An in-memory onnxruntime session computing only ``names`` and the nodes they depend on (a layer
+    early in the model costs only the model's front; graph inputs are all kept, used or not)."""
+    proto = to_proto(graph)
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for n in proto.graph.node for a in n.attribute)
+    need, keep = set(names), []
+    for node in reversed(proto.graph.node):
+        if nested or any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    keep.reverse()
+    inits = [t for t in proto.graph.initializer if t.name in need]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run_upto(graph: Graph, data, names: list[str], visit, *, batch_size: int, limit: int | None) -> int:
+    """``quant.collect.run_with_outputs`` on the part of the graph that ``names`` need."""
+    sess = _session_upto(graph, names) if names else None
+    batch_size = graph.fixed_batch() or batch_size
+    seen = 0
+    for batch in iterate(data, batch_size):
+        feeds = as_feeds(batch, graph)
+        outs = sess.run(names, feeds) if sess is not None else []
+        visit({**feeds, **dict(zip(names, outs))})
+        seen += len(next(iter(feeds.values())))
+        if limit is not None and seen >= limit:
+            break
+    if seen == 0:
+        raise DataError("calibration data is empty", where="--calib")
+    return seen
+
+
 def refit_weight(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None, *,
-                 ridge: float = 1e-3) -> np.ndarray:
+                 ridge: float = 1e-3, prior: np.ndarray | None = None) -> np.ndarray:
     """The weight (shape and dtype of ``w``) whose mask-kept entries solve the least-squares refit;
-    entries outside ``mask`` are exactly 0. ``mask=None`` refits every entry."""
+    entries outside ``mask`` are exactly 0. ``mask=None`` refits every entry. ``prior`` (shape of
+    ``w``): the ridge pulls toward it instead of toward 0."""
     w = np.asarray(w)
     rows = weight_to_rows(w, gram.layout)
     k, d = rows.shape[0] // gram.groups, rows.shape[1]
     mrows = None if mask is None else weight_to_rows(np.asarray(mask, dtype=bool), gram.layout)
+    prows = None if prior is None else weight_to_rows(np.asarray(prior, dtype=np.float64), gram.layout)
     new = np.zeros(rows.shape, dtype=np.float64)
     for j in range(gram.groups):
         sl = slice(j * k, (j + 1) * k)
-        new[sl] = refit_from_gram(gram.G[j], gram.C[j], None if mrows is None else mrows[sl], ridge)
+        new[sl] = refit_from_gram(gram.G[j], gram.C[j], None if mrows is None else mrows[sl], ridge,
+                                  prior=None if prows is None else prows[sl])
     if d != gram.G.shape[1]:
         raise DataError(f"weight has {d} inputs per group, Gram matrix {gram.G.shape[1]}", where="refit_weight")
     return rows_to_weight(new, gram.layout, w.shape).astype(w.dtype)
 
 
 def refit_weight_bias(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None, *,
-                      ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+                      ridge: float = 1e-3, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`refit_weight` with an intercept: ``(weight, bias change [out])``; add the change
-    to the layer's bias. The intercept is never pruned."""
+    to the layer's bias. The intercept is never pruned (its prior is a change of 0)."""
     if gram.sx is None or gram.sy is None:
         raise DataError("the Gram statistics carry no column sums", where="refit_weight_bias")
     w = np.asarray(w)
@@ -250,6 +308,7 @@ def refit_weight_bias(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = 
     if d != gram.G.shape[1]:
         raise DataError(f"weight has {d} inputs per group, Gram matrix {gram.G.shape[1]}", where="refit_weight_bias")
     mrows = np.ones(rows.shape, bool) if mask is None else weight_to_rows(np.asarray(mask, dtype=bool), gram.layout)
+    prows = None if prior is None else weight_to_rows(np.asarray(prior, dtype=np.float64), gram.layout)
     new = np.zeros(rows.shape, dtype=np.float64)
     delta = np.zeros(rows.shape[0], dtype=np.float64)
     for j in range(gram.groups):
@@ -257,7 +316,8 @@ def refit_weight_bias(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = 
         G = np.block([[gram.G[j], gram.sx[j][:, None]], [gram.sx[j][None, :], np.full((1, 1), float(gram.rows))]])
         C = np.vstack([gram.C[j], gram.sy[j][None, :]])
         m = np.hstack([mrows[sl], np.ones((k, 1), bool)])
-        sol = refit_from_gram(G, C, m, ridge)
+        p0 = None if prows is None else np.hstack([prows[sl], np.zeros((k, 1))])
+        sol = refit_from_gram(G, C, m, ridge, prior=p0)
         new[sl], delta[sl] = sol[:, :d], sol[:, d]
     return rows_to_weight(new, gram.layout, w.shape).astype(w.dtype), delta
 
@@ -275,3 +335,56 @@ def relative_error(w: np.ndarray, gram: LayerGram, bias_delta: np.ndarray | None
         err += (2.0 * float(np.sum(dg * np.einsum("gd,gkd->gk", gram.sx, wg))) + gram.rows * float(np.sum(dg * dg))
                 - 2.0 * float(np.sum(dg * gram.sy)))
     return max(err, 0.0) / max(gram.yty, 1e-300)
+
+
+def nm_columns(layout: str, shape: tuple[int, ...], groups: int, m: int) -> np.ndarray:
+    """Column indices ``[g, M]`` of the N:M groups in one group's ``[out, in]`` rows (``weight_to_rows``):
+    Conv rows are ordered (C, kh, kw), and a group is M consecutive input channels at one kernel
+    position; Gemm/MatMul rows run along K, so a group is M consecutive columns."""
+    if layout == "conv":
+        cg, kk = int(shape[1]), int(np.prod(shape[2:], dtype=np.int64))
+        if cg % m:
+            raise DataError(f"{cg} input channels per group, not a multiple of M={m}", where="nm_columns")
+        c = np.arange(cg).reshape(-1, m)                                   # [cg/m, m]
+        return (c[:, None, :] * kk + np.arange(kk)[None, :, None]).reshape(-1, m)
+    d = int(shape[1] if layout == "gemm_nt" else shape[0])
+    if d % m:
+        raise DataError(f"reduction length {d} is not a multiple of M={m}", where="nm_columns")
+    return np.arange(d).reshape(-1, m)
+
+
+def sparsegpt_weight(w: np.ndarray, gram: LayerGram, n: int, m: int, *, prev: np.ndarray | None = None,
+                     ridge: float = 1e-3, percdamp: float = 0.01,
+                     bias: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """SparseGPT N:M for one layer from its Gram statistics: ``(weight, keep mask, bias change or None)``
+    (module docstring). ``prev`` (keep mask of ``w``'s shape): weights pruned before stay pruned.
+    ``ridge`` damps the dense fit ``W*``; ``percdamp`` the Hessian of the sweep."""
+    w = np.asarray(w)
+    rows = weight_to_rows(w.astype(np.float64), gram.layout)
+    k, d = rows.shape[0] // gram.groups, rows.shape[1]
+    if d != gram.G.shape[1]:
+        raise DataError(f"weight has {d} inputs per group, Gram matrix {gram.G.shape[1]}", where="sparsegpt_weight")
+    if bias and (gram.sx is None or gram.sy is None):
+        raise DataError("the Gram statistics carry no column sums", where="sparsegpt_weight")
+    cols = nm_columns(gram.layout, w.shape, gram.groups, m)
+    prows = None if prev is None else weight_to_rows(np.asarray(prev, dtype=bool), gram.layout)
+    new = np.zeros(rows.shape)
+    keep = np.ones(rows.shape, bool)
+    delta = np.zeros(rows.shape[0])
+    for j in range(gram.groups):
+        sl = slice(j * k, (j + 1) * k)
+        G, C, W0 = gram.G[j], gram.C[j], rows[sl]
+        if bias:
+            G = np.block([[G, gram.sx[j][:, None]], [gram.sx[j][None, :], np.full((1, 1), float(gram.rows))]])
+            C = np.vstack([C, gram.sy[j][None, :]])
+            W0 = np.hstack([W0, np.zeros((k, 1))])
+        wstar = refit_from_gram(G, C, None, ridge, prior=W0)
+        pv = None
+        if prows is not None:
+            pv = prows[sl] if not bias else np.hstack([prows[sl], np.ones((k, 1), bool)])
+        sol, kp = sparsegpt_prune(wstar, G, cols, n, prev=pv, percdamp=percdamp)
+        new[sl], keep[sl] = sol[:, :d], kp[:, :d]
+        if bias:
+            delta[sl] = sol[:, d]
+    return (rows_to_weight(new, gram.layout, w.shape).astype(w.dtype), rows_to_weight(keep, gram.layout, w.shape),
+            delta if bias else None)

@@ -8,6 +8,18 @@
 - **iterative**: layer by layer in topological order, each layer scored and refit on the inputs
   produced by the already pruned (and refit) layers before it -- sequential, like SparseGPT.
 
+Masks come from ``importance``: magnitude, Wanda, or ``sparsegpt`` (N:M chosen by the OBS sweep of
+``reconstruct.sparsegpt_weight``, then, with ``sparsegpt_refit``, the exact least-squares refit on that
+mask). ``refit_rounds`` = r adds r passes after any schedule: each refits every pruned layer with its
+mask fixed on the inputs of the pruned model against the dense model's outputs, all layers from one
+pass (a Jacobi sweep of the sequential refit, one calibration pass instead of one per layer); with
+``refit_unpruned`` the layers pruning leaves dense but whose inputs it shifts (depthwise convs) are
+refit too (every weight free: per-channel scale and bias re-estimation is a special case), in those
+rounds and, in the iterative schedule, in sequence. ``refit_prior = weight`` makes the ridge pull the
+kept weights toward their current values instead of 0 (layers fit from few rows, e.g. a classifier
+read once per image, stay near the dense solution). A refit's bias change is relative to the dense
+bias, so a layer refit again is not corrected twice.
+
 Channel pruning follows the same three schedules over channel groups (gradual: a group's kept
 count falls from C to ``C - round(r C)`` in k steps; iterative: one group at a time), and refits
 the *sinks* (the layers reading the removed channels) after each change.
@@ -43,7 +55,8 @@ from ..analysis.stats import layer_stats
 from ..quant.compensate import weight_to_rows
 from .channels import (allocate_global, analyze_channels, apply_channel_keep, channel_importance, channel_rms,
                        flop_terms, flops_at, refit_curve, score_curve, set_const)
-from .reconstruct import LayerGram, collect_grams, layer_layout, refit_weight, refit_weight_bias, relative_error
+from .reconstruct import (LayerGram, collect_grams, layer_layout, refit_weight, refit_weight_bias, relative_error,
+                          sparsegpt_weight)
 from .semistructured import WeightTarget, global_ratios, importance, layer_mask
 
 __all__ = ["SCHEDULES", "PruneConfig", "prune_weights", "prune_channels"]
@@ -58,10 +71,16 @@ class PruneConfig:
     schedule: str = "one-shot"
     steps: int = 3                       # gradual: number of steps
     global_: bool = False                # unstructured: one threshold over all layers (note 'prune_global')
-    importance: str = "auto"             # auto | magnitude | wanda   (auto: wanda with calibration data)
+    importance: str = "auto"             # auto | magnitude | wanda | sparsegpt (auto: wanda with calibration data)
     channel_importance: str = "auto"     # auto | l1 | l2 | activation (auto: activation with data)
     reconstruct: bool = True             # least-squares refit when calibration data is given
     ridge: float = 1e-3                  # refit damping, relative to mean diag(X^T X)
+    refit_prior: str = "zero"            # zero | weight: the refit's ridge pulls toward 0 or toward the current weight
+    percdamp: float = 0.01               # sparsegpt: Hessian damping, relative to mean diag(X^T X)
+    sparsegpt_refit: bool = True         # sparsegpt: exact least-squares refit on the mask it chose
+    refit_rounds: int = 0                # after the schedule: passes refitting every pruned layer (fixed masks) on
+                                         # the pruned model's inputs against the dense model's outputs
+    refit_unpruned: bool = False         # also refit (dense) the layers whose inputs pruning shifted (depthwise)
     refit_bias: bool = True              # the refit also corrects the layer's bias (intercept)
     token_mask: str = ""                 # graph input [N, S] (e.g. attention_mask): padding rows not fit
     max_rows: int = 2048                 # rows sampled per layer and batch
@@ -75,7 +94,9 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
-                  "importance": self.importance in ("auto", "magnitude", "wanda"),
+                  "importance": self.importance in ("auto", "magnitude", "wanda", "sparsegpt"),
+                  "refit_prior": self.refit_prior in ("zero", "weight"), "percdamp": self.percdamp > 0,
+                  "refit_rounds": self.refit_rounds >= 0,
                   "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
                   "ridge": self.ridge >= 0, "max_rows": self.max_rows >= 1,
                   "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1,
@@ -119,33 +140,73 @@ class PruneConfig:
 
 # -- weight-level (N:M, unstructured) ---------------------------------------------------------
 def prune_weights(graph: Graph, targets: Mapping[str, WeightTarget], calib: Dataset | None,
-                  config: PruneConfig) -> dict[str, dict]:
-    """Prune and (with ``calib``) refit every layer in ``targets`` in place; returns a report per layer."""
+                  config: PruneConfig, unpruned: dict | None = None) -> dict[str, dict]:
+    """Prune and (with ``calib``) refit every layer in ``targets`` in place; returns a report per layer.
+    Layers refit without being pruned (``refit_unpruned``) report to ``unpruned``."""
     order = [n.name for n in graph.layers() if n.name in targets]
     targets = dict(targets)
-    needs_data = calib is not None and (config.reconstruct or config.weight_method(calib) == "wanda")
-    if config.weight_method(calib) == "wanda" and calib is None:
-        raise ConfigError("Wanda importance needs calibration data", where="plan.notes.prune_importance",
-                          hint="pass --calib or use prune_importance=magnitude")
+    needs_data = calib is not None and (config.reconstruct or config.weight_method(calib) != "magnitude")
+    if config.weight_method(calib) in ("wanda", "sparsegpt") and calib is None:
+        raise ConfigError(f"{config.weight_method(calib)} importance needs calibration data",
+                          where="plan.notes.prune_importance", hint="pass --calib or use prune_importance=magnitude")
     report: dict[str, dict] = {n: {"target": targets[n].label} for n in order}
     masks: dict[str, np.ndarray] = {}
     if config.global_:
         _globalize(graph, targets, order, calib if needs_data else None, config, report)
-    reference = graph.clone() if needs_data and config.schedule != "one-shot" else None
+    data = calib if needs_data else None
+    refit = data is not None and config.reconstruct
+    shifted = _shifted_layers(graph, order) if refit and config.refit_unpruned else []
+    rounds = config.refit_rounds if refit else 0
+    reference = graph.clone() if data is not None and (config.schedule != "one-shot" or rounds) else None
+    bases: dict[str, np.ndarray] = {}
     if config.schedule == "one-shot":
-        _weight_round(graph, None, {n: targets[n] for n in order}, calib if needs_data else None, config, masks, report)
+        _weight_round(graph, None, {n: targets[n] for n in order}, data, config, masks, report, bases)
     elif config.schedule == "gradual":
         for s in range(1, config.steps + 1):
             step = {n: targets[n].step(s, config.steps) for n in order}
-            _weight_round(graph, reference if s > 1 else None, step, calib if needs_data else None, config, masks,
-                          report)
+            _weight_round(graph, reference if s > 1 else None, step, data, config, masks, report, bases)
     else:
-        for i, n in enumerate(order):
-            _weight_round(graph, reference if i > 0 else None, {n: targets[n]}, calib if needs_data else None,
-                          config, masks, report)
+        seq = [n.name for n in graph.layers() if n.name in targets or n.name in shifted]
+        for i, n in enumerate(seq):
+            if n in targets:
+                _weight_round(graph, reference if i > 0 else None, {n: targets[n]}, data, config, masks, report,
+                              bases)
+            elif i > 0:
+                _refit_round(graph, reference, [n], {}, data, config, None, bases, unpruned)
+    for r in range(rounds):
+        _refit_round(graph, reference, order + shifted, masks, data, config, report if r == rounds - 1 else None,
+                     bases, unpruned)
     for n in order:
         report[n]["sparsity"] = float(1.0 - masks[n].mean())
     return report
+
+
+def _shifted_layers(graph: Graph, order: list[str]) -> list[str]:
+    """Refittable layers not pruned themselves that read (directly or not) a pruned layer's output: their
+    inputs shift, so they can be refit dense against the reference (e.g. depthwise convs)."""
+    nxg = graph.to_networkx()
+    below = set().union(*(nx.descendants(nxg, n) for n in order)) if order else set()
+    return [n.name for n in graph.layers() if n.name not in order and n.name in below and _refittable(graph, n.name)]
+
+
+def _refit_round(graph, reference, names, masks, calib, config, report, bases, unpruned=None) -> None:
+    """One pass: every layer in ``names`` is refit with its mask (dense if it has none) on the inputs of the
+    current model, against the reference model's outputs (all layers from one pass, Jacobi-style)."""
+    grams = _grams(graph, reference, names, calib, config)
+    for name in names:
+        if name not in grams:
+            continue
+        node = graph.node(name)
+        wv = node.inputs[1]
+        w = const_array(wv)
+        err0 = relative_error(w, grams[name])
+        new, err = _refit(graph, node, w, grams[name], masks.get(name), config, bases)
+        if not np.array_equal(new, w):
+            graph.replace_initializer(wv, new.astype(w.dtype))
+        out = report if name in masks else unpruned
+        if out is not None:
+            entry = out.setdefault(name, {})
+            entry.update(error_before_round=err0, error_refit=err)
 
 
 def _refittable(graph: Graph, name: str) -> bool:
@@ -164,19 +225,38 @@ def _grams(graph, reference, names, calib, config) -> dict[str, LayerGram]:
                          batch_size=config.batch_size, limit=config.calib_samples, token_mask=config.token_mask or None)
 
 
-def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, config, masks, report) -> None:
+def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, config, masks, report,
+                  bases: dict | None = None) -> None:
     grams = _grams(graph, reference, list(step), calib, config)
-    wanda = config.weight_method(calib) == "wanda"
+    method = config.weight_method(calib)
     for name, target in step.items():
         node = graph.node(name)
         wv = node.inputs[1]
         w = const_array(wv)
         gram = grams.get(name)
+        if method == "sparsegpt" and gram is not None and target.kind == "nm":
+            report[name]["mask"] = "sparsegpt"
+            refit = config.reconstruct and config.sparsegpt_refit
+            new, mask, err = _sparsegpt(graph, node, w, gram, target, masks.get(name), config, write_bias=not refit,
+                                        bases=bases)
+            report[name]["error_masked"] = relative_error(np.where(mask, w, 0), gram)
+            report[name]["error_sparsegpt"] = err
+            if refit:                       # the refit's bias change replaces SparseGPT's (same baseline bias)
+                new, err = _refit(graph, node, w, gram, mask, config, bases)
+            masks[name] = mask
+            report[name]["error_refit"] = err
+            report[name]["reconstructed"] = True
+            if not np.array_equal(new, w):
+                graph.replace_initializer(wv, new.astype(w.dtype))
+            continue
+        wanda = method in ("wanda", "sparsegpt")       # sparsegpt is N:M only: Wanda masks otherwise
+        if method == "sparsegpt":
+            report[name]["mask"] = "wanda (sparsegpt chooses N:M masks only)"
         mask = layer_mask(node, w, target, importance(w, gram if wanda else None), masks.get(name))
         masks[name] = mask
         if gram is not None and config.reconstruct and not mask.all():
             report[name]["error_masked"] = relative_error(np.where(mask, w, 0), gram)
-            new, err = _refit(graph, node, w, gram, mask, config)
+            new, err = _refit(graph, node, w, gram, mask, config, bases)
             report[name]["error_refit"] = err
             report[name]["reconstructed"] = True
         else:
@@ -192,7 +272,7 @@ def _globalize(graph, targets, order, calib, config, report) -> None:
     for n in order:
         if targets[n].kind == "unstructured":
             by_ratio.setdefault(targets[n].ratio, []).append(n)
-    wanda = config.weight_method(calib) == "wanda"
+    wanda = config.weight_method(calib) in ("wanda", "sparsegpt")
     grams = _grams(graph, None, [n for ns in by_ratio.values() for n in ns], calib, config) if wanda else {}
     for ratio, names in by_ratio.items():
         weights = {n: const_array(graph.node(n).inputs[1]) for n in names}
@@ -395,22 +475,47 @@ def _refit_wave(graph, reference, names, calib, config, orig_keep, report) -> No
         set_const(graph, node, 1, new)
 
 
-def _refit(graph: Graph, node, w: np.ndarray, gram: LayerGram, mask, config: PruneConfig) -> tuple[np.ndarray, float]:
+def _refit(graph: Graph, node, w: np.ndarray, gram: LayerGram, mask, config: PruneConfig,
+           bases: dict | None = None) -> tuple[np.ndarray, float]:
     """The refit weight and its relative error; with ``config.refit_bias`` and a bias the layer can
     take (see ``bias_slot``), the bias change is written to the graph here."""
     slot = bias_slot(graph, node) if config.refit_bias else None
+    prior = w if config.refit_prior == "weight" else None
     if slot is None:
-        new = refit_weight(w, gram, mask, ridge=config.ridge)
+        new = refit_weight(w, gram, mask, ridge=config.ridge, prior=prior)
         return new, relative_error(new, gram)
-    new, delta = refit_weight_bias(w, gram, mask, ridge=config.ridge)
+    new, delta = refit_weight_bias(w, gram, mask, ridge=config.ridge, prior=prior)
+    _add_bias(graph, node, slot, delta, w.dtype, bases)
+    return new, relative_error(new, gram, delta)
+
+
+def _sparsegpt(graph, node, w, gram, target, prev, config, write_bias=True,
+               bases=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """SparseGPT's (weight, mask, relative error); with ``write_bias`` its bias change goes to the graph."""
+    slot = bias_slot(graph, node) if config.refit_bias and gram.sx is not None else None
+    new, mask, delta = sparsegpt_weight(w, gram, target.n, target.m, prev=prev, ridge=config.ridge,
+                                        percdamp=config.percdamp, bias=slot is not None)
+    if slot is None:
+        return new, mask, relative_error(new, gram)
+    if write_bias:
+        _add_bias(graph, node, slot, delta, w.dtype, bases)
+    return new, mask, relative_error(new, gram, delta)
+
+
+def _add_bias(graph, node, slot, delta, dtype, bases: dict | None = None) -> None:
+    """Add the refit's bias change. The change is relative to the bias the reference model's layer has
+    (the fit's targets carry no bias), so with ``bases`` (layer -> bias before its first change) a layer
+    refit again gets ``base + delta``, not the sum of every round's change."""
     owner, i = slot
     if i < len(owner.inputs) and owner.inputs[i] is not None:
         b = const_array(owner.inputs[i])
-        set_const(graph, owner, i, (b.astype(np.float64) + delta.reshape(b.shape)).astype(b.dtype))
+        base = b if bases is None else bases.setdefault(node.name, b)
+        set_const(graph, owner, i, (base.astype(np.float64) + delta.reshape(b.shape)).astype(b.dtype))
     else:                                   # a Conv/Gemm without bias gets one
+        if bases is not None:
+            bases.setdefault(node.name, np.zeros(delta.shape, dtype))
         owner.resize_inputs(i + 1)
-        owner.replace_input_with(i, graph.add_initializer(f"{node.name}_bias", delta.astype(w.dtype)))
-    return new, relative_error(new, gram, delta)
+        owner.replace_input_with(i, graph.add_initializer(f"{node.name}_bias", delta.astype(dtype)))
 
 
 def bias_slot(graph: Graph, node) -> tuple[object, int] | None:

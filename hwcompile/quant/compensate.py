@@ -16,9 +16,20 @@ columns by decreasing ``H_jj``.
 
 Least-squares refit: with a sparsity mask fixed, each output row's free weights solve the ridge
 normal equations ``(X_S^T X_S + lambda I) w_S = X_S^T y`` (``lambda = ridge * mean diag(X^T X)``).
+With a ``prior`` ``W0`` the ridge pulls toward it instead of toward 0:
+``(X_S^T X_S + lambda I) w_S = X_S^T y + lambda w0_S`` (few rows: the fit stays near ``W0``).
+
+SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned
+in One-Shot"), the OBS sweep GPTQ uses with pruning instead of rounding: columns are visited in
+order; at the first column of every N:M group the ``M - N`` weights of smallest OBS saliency
+``w_j^2 / [U]_jj^2`` (``U`` the upper Cholesky factor of ``H^-1`` restricted to the columns not yet
+visited, so ``[U]_jj^2`` is ``[H_F^-1]_jj`` of the remaining set ``F``) are pruned, and every pruned
+weight's error ``w_j / U_jj`` is fed back onto the later columns through row ``j`` of ``U`` (the
+optimal OBS update of the not-yet-visited weights).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -36,6 +47,7 @@ __all__ = [
     "HessianAccumulator",
     "least_squares_refit",
     "refit_from_gram",
+    "sparsegpt_prune",
 ]
 
 #: Weight layouts: 'conv' W[K, C/g, kh, kw]; 'gemm_nt' W[N, K] (Gemm transB=1); 'matmul' W[K, N].
@@ -239,11 +251,20 @@ def least_squares_refit(X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None = 
     return refit_from_gram(X.T @ X, X.T @ Y, mask, ridge)
 
 
-def refit_from_gram(G: np.ndarray, C: np.ndarray, mask: np.ndarray | None = None, ridge: float = 1e-6) -> np.ndarray:
+def refit_from_gram(G: np.ndarray, C: np.ndarray, mask: np.ndarray | None = None, ridge: float = 1e-6,
+                    prior: np.ndarray | None = None) -> np.ndarray:
     """Same as :func:`least_squares_refit` from ``G = X^T X [in, in]`` and ``C = X^T Y [in, out]``.
 
-    Rows sharing a mask are solved together (one factorization per distinct mask).
+    Rows sharing a mask are solved together (one factorization per distinct mask). ``prior``
+    (``[out, in]``): the ridge pulls toward it instead of toward 0 (module docstring).
     """
+    if prior is not None:
+        G = np.asarray(G, dtype=np.float64)
+        lam = ridge * max(float(np.mean(np.diag(G))), 1e-30)
+        prior = np.asarray(prior, dtype=np.float64)
+        if prior.shape != (np.shape(C)[1], np.shape(C)[0]):
+            raise DataError(f"prior shape {prior.shape}, expected {(np.shape(C)[1], np.shape(C)[0])}", where="prior")
+        C = np.asarray(C, dtype=np.float64) + lam * prior.T
     G = np.asarray(G, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
     n_in, n_out = C.shape
@@ -265,3 +286,94 @@ def refit_from_gram(G: np.ndarray, C: np.ndarray, mask: np.ndarray | None = None
             continue
         W[np.ix_(rows, free)] = np.linalg.solve(A[np.ix_(free, free)], C[np.ix_(free, rows)]).T
     return W
+
+
+def sparsegpt_prune(w_rows: np.ndarray, H: np.ndarray, groups: np.ndarray, n: int, *,
+                    prev: np.ndarray | None = None, blocksize: int = 128,
+                    percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT N:M: ``(W', keep)`` for ``W[out, in]`` and ``H = X^T X [in, in]`` (any scale).
+
+    ``groups [g, M]``: column indices of every N:M group (each row of a group keeps ``n`` of its
+    ``M`` weights); columns in no group are never pruned and still absorb error (e.g. an intercept
+    column of ones). ``prev`` (bool ``[out, in]``): weights already pruned stay pruned (their
+    saliency is -inf, so a group prunes them first). Columns are visited group by group, then the
+    never-pruned ones, so a trailing intercept column takes the mean of every error.
+    ``W'`` minimises ``||X W^T - X W'^T||`` greedily (module docstring); pruned entries are exactly 0.
+    """
+    W = np.array(w_rows, dtype=np.float64)
+    H = np.array(H, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64)
+    out, d = W.shape
+    if H.shape != (d, d):
+        raise DataError(f"Hessian shape {H.shape} does not match weight rows {W.shape}", where="H")
+    if groups.ndim != 2 or not 0 < n < groups.shape[1]:
+        raise ConfigError(f"groups must be [g, M] with 0 < n < M, got {groups.shape} and n={n}", where="groups")
+    m = groups.shape[1]
+    flat = groups.ravel()
+    if len(np.unique(flat)) != flat.size or flat.min(initial=0) < 0 or flat.max(initial=0) >= d:
+        raise ConfigError("group columns must be distinct indices of the weight's input axis", where="groups")
+    if not (np.all(np.isfinite(H)) and np.all(np.isfinite(W))):
+        raise DataError("weight or Hessian contains inf or NaN", where="H")
+    rest = np.setdiff1d(np.arange(d), flat)
+    perm = np.concatenate([flat, rest])
+    ng = flat.size
+    W, H = W[:, perm], H[np.ix_(perm, perm)]
+    forced = np.zeros((out, d), bool) if prev is None else ~np.asarray(prev, bool)[:, perm]
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    U = _inverse_cholesky_upper(H, percdamp)
+    keep = np.ones((out, d), bool)
+    bs = max(m, blocksize - blocksize % m)
+    for i1 in range(0, ng, bs):
+        i2 = min(i1 + bs, ng)
+        W1 = W[:, i1:i2].copy()
+        E1 = np.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(0, i2 - i1, m):
+            j = i1 + i
+            k, e = _group_step(W1[:, i:i + m], U1[i:i + m, i:i + m], n, forced[:, j:j + m])
+            keep[:, j:j + m] = k
+            W1[:, i:] -= e @ U1[i:i + m, i:]
+            W1[:, i:i + m][~k] = 0.0
+            E1[:, i:i + m] = e
+        W[:, i1:i2] = W1
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    W[~keep] = 0.0
+    res, kres = np.empty_like(W), np.empty_like(keep)
+    res[:, perm], kres[:, perm] = W, keep
+    return res, kres
+
+
+def _group_step(w: np.ndarray, Ug: np.ndarray, n: int, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One group of ``M`` columns: ``(keep [out, M], E [out, M])``. Per row, the ``M - n`` weights ``P``
+    to prune are those of least joint OBS error ``w_P^T [(H_F^-1)_PP]^-1 w_P`` (``F`` = the columns
+    not yet visited, ``(H_F^-1)`` on the group = ``Ug^T Ug``), every pattern tried; the optimal update
+    of all of ``F`` is ``-E U[group, F]`` with ``E = Ug[:, P] (H_F^-1)_PP^-1 w_P``. Rows with
+    forced-pruned weights only consider patterns that prune them (all, if there are more than
+    ``M - n``: then the group prunes exactly those)."""
+    out, m = w.shape
+    A = Ug.T @ Ug
+    nf = forced.sum(axis=1)
+    pats = [list(c) for c in itertools.combinations(range(m), m - n)]
+    cost = np.empty((out, len(pats)))
+    for t, P in enumerate(pats):
+        wp = w[:, P]
+        cost[:, t] = np.einsum("ri,ij,rj->r", wp, np.linalg.inv(A[np.ix_(P, P)]), wp)
+        cost[forced[:, P].sum(axis=1) < np.minimum(nf, m - n), t] = np.inf
+    best = np.argmin(cost, axis=1)
+    keep = np.ones((out, m), bool)
+    E = np.zeros((out, m))
+    for t, P in enumerate(pats):
+        rows = np.nonzero(best == t)[0]
+        keep[np.ix_(rows, P)] = False
+    over = np.nonzero(nf > m - n)[0]
+    keep[over] = ~forced[over]
+    for r_pat in {tuple(np.nonzero(~k)[0]) for k in keep}:    # distinct pruned patterns
+        P = list(r_pat)
+        rows = np.nonzero(np.all(keep == np.isin(np.arange(m), P, invert=True), axis=1))[0]
+        if not P or rows.size == 0:
+            continue
+        v = w[np.ix_(rows, P)] @ np.linalg.inv(A[np.ix_(P, P)])
+        E[rows] = v @ Ug[:, P].T
+    return keep, E
