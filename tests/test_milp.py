@@ -106,6 +106,39 @@ def test_weighted_boundaries_match_brute_force(seed):
     assert fast.predicted_latency_ms == pytest.approx(best.predicted_latency_ms, rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mixed_ms", [0.2, 1.5])
+def test_mixed_plan_cost_matches_brute_force(seed, mixed_ms):
+    # m is paid once by any plan with a boundary, never by a uniform one: predictions and both
+    # objectives agree with brute force, and a large m makes the fastest plan uniform.
+    base = random_problem(seed, layers=5, boundary=0.1, holes=False)
+    p = Problem(base.layers, base.candidates, base.damage, base.latency, base.size, edges=base.edges,
+                boundary_ms=0.1, mixed_ms=mixed_ms, latency_offset_ms=0.3)
+    uni = predict(p, {l: "int8" for l in p.layers})
+    assert uni.boundaries == 0 and uni.predicted_latency_ms == pytest.approx(p.latency[:, 2].sum() + 0.3)
+    a = {l: ("fp32" if i % 2 else "int8") for i, l in enumerate(p.layers)}
+    s = predict(p, a)
+    assert s.predicted_latency_ms == pytest.approx(sum(p.latency[i, p.candidates.index(a[l])]
+                                                       for i, l in enumerate(p.layers))
+                                                   + 0.1 * s.boundary_weight + mixed_ms + 0.3)
+    fast = solve(p, minimize="latency")
+    assert fast.predicted_latency_ms == pytest.approx(brute(p, "latency").predicted_latency_ms, rel=1e-6)
+    lats = sorted(x.predicted_latency_ms for x in all_assignments(p))
+    budget = lats[len(lats) // 3]
+    sol = solve(p, minimize="damage", latency_budget_ms=budget)
+    assert sol.predicted_noise == pytest.approx(brute(p, "damage", lat=budget).predicted_noise, rel=1e-6, abs=1e-12)
+
+
+def test_mixed_cost_can_make_the_uniform_plan_fastest():
+    # int8 saves 0.8 ms on a and costs 0.05 ms on b: a=int8, b=fp32 (1.2 ms) beats uniform int8
+    # (1.25 ms) until a mixed plan pays m = 0.1 ms.
+    lat = np.array([[1.0, 0.2], [1.0, 1.05]])
+    for m, want in ((0.0, {"a": "int8", "b": "fp32"}), (0.1, {"a": "int8", "b": "int8"})):
+        p = Problem(["a", "b"], ["fp32", "int8"], np.zeros((2, 2)), lat, np.ones((2, 2)), edges=[(0, 1)],
+                    boundary_ms=0.0, mixed_ms=m)
+        assert solve(p, minimize="latency").assignment == want
+
+
 def test_edge_weights_must_match_edges():
     with pytest.raises(ConfigError):
         Problem(["a", "b"], ["fp32"], np.zeros((2, 1)), np.ones((2, 1)), np.ones((2, 1)), edges=[(0, 1)],

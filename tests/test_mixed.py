@@ -32,8 +32,10 @@ EDGES = [("conv_a", "conv_b"), ("conv_b", "conv_c")]
 class SyntheticDevice(OnnxRuntimeBackend):
     """Latency = base + sum of per-layer table entries + boundary_ms per mixed edge (not profiled)."""
 
-    def __init__(self, table: dict[str, float], boundary_ms: float, base_ms: float = 0.2, fail_on_mixed: bool = False):
+    def __init__(self, table: dict[str, float], boundary_ms: float, base_ms: float = 0.2, fail_on_mixed: bool = False,
+                 mixed_ms: float = 0.0):
         self.table, self.boundary_ms, self.base_ms, self.fail_on_mixed = table, boundary_ms, base_ms, fail_on_mixed
+        self.mixed_ms = mixed_ms
 
     def qdq_style(self, target):  # full-range INT8 whatever this CPU is: the SNRs below depend on it
         return QDQStyle(activation_dtype="uint8", weight_dtype="int8", gemm_weight_dtype="int8")
@@ -49,7 +51,7 @@ class SyntheticDevice(OnnxRuntimeBackend):
             raise KeyboardInterrupt  # the user presses Ctrl-C once the search builds its first mixed plan
         layers = {lid: self.table[ch[lid]] for lid in LAYERS}
         b = sum(ch[i] != ch[j] for i, j in EDGES)
-        e2e = self.base_ms + sum(layers.values()) + self.boundary_ms * b
+        e2e = self.base_ms + sum(layers.values()) + self.boundary_ms * b + (self.mixed_ms if b else 0.0)
         return Profile(timing=Timing(e2e, 0.0, e2e, e2e, repeats, warmup, 1), layers_ms=layers if per_layer else {})
 
 
@@ -111,6 +113,28 @@ def test_boundary_probe_prices_boundaries_before_the_first_solve(tmp_path, monke
     _, blind = search(dev, tmp_path / "off", monkeypatch, so=SearchOptions(use_cache=False, boundary_probe=False))
     assert blind["feedback"][0]["plan_summary"] == {"fp16": 2, "int8": 1}
     assert not any(p["source"].startswith("boundary probe") for p in blind["measured"])
+
+
+def test_feedback_learns_a_fixed_cost_of_mixed_plans(tmp_path, monkeypatch):
+    # The device charges 0.2 ms per boundary and 0.3 ms once for any mixed plan. The probe
+    # (int8-fp32-int8, 2 boundaries) measures 0.7 ms over the per-layer tables: with one mixed
+    # measurement only t is fitted (0.35). The first solve (conv_a, conv_b cannot be INT8) picks
+    # fp16-fp16-int8, predicted 2.45, measured 2.6 (1 boundary): now t = 0.2 and m = 0.3 exactly.
+    dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.9, "int8": 0.1}, boundary_ms=0.2, mixed_ms=0.3)
+    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False))
+    fb = info["feedback"]
+    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.35, abs=1e-6)
+    assert fb[0]["corrections_used"]["mixed_ms"] == 0.0
+    assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
+    assert fb[0]["predicted_latency_ms"] == pytest.approx(2.45) and fb[0]["measured_latency_ms"] == pytest.approx(2.6)
+    corr = info["search"]["corrections"]
+    assert corr["boundary_ms"] == pytest.approx(0.2, abs=1e-6) and corr["mixed_ms"] == pytest.approx(0.3, abs=1e-6)
+    for p in info["measured"]:   # every measured plan is now predicted exactly
+        b = sum(p["assignment"][i] != p["assignment"][j] for i, j in EDGES)
+        assert p["latency_ms"] == pytest.approx(0.2 + sum(dev.table[c] for c in p["assignment"].values())
+                                                + 0.2 * b + (0.3 if b else 0.0))
+    assert {lid: c.candidate for lid, c in plan.layers.items()} == {"conv_a": "fp16", "conv_b": "fp16",
+                                                                     "conv_c": "int8"}
 
 
 class DriftingDevice(SyntheticDevice):

@@ -5,10 +5,14 @@ boundaries cost time, ``y_e`` in [0, 1] for each layer-to-layer edge e = (i, j),
 i and j take different candidates by ``y_e >= x_ic - x_jc`` for every c.
 
     sum_c x_ic = 1                                                        (every layer one choice)
-    latency(x) = sum_ic L_ic x_ic + t sum_e w_e y_e + L0                  [ms]
+    latency(x) = sum_ic L_ic x_ic + t sum_e w_e y_e + m z + L0            [ms]
     size(x)    = sum_ic S_ic x_ic + S0                                    [bytes]
     noise(x)   = k sum_ic D_ic x_ic,   D_ic = 10^(-snr_ic/10)              predicted SNR = -10 log10 noise
 
+``z`` in [0, 1] is forced to 1 by ``z >= y_e`` when the plan has any boundary at all: ``m``
+(``Problem.mixed_ms``) is what a mixed plan costs beyond its boundaries (on onnxruntime's CPU
+provider, measured mixed EfficientNet plans ran ~1 ms over the per-layer + per-boundary model;
+``benchmarks/results/boundary_costs.json``).
 ``D_ic`` is layer i's noise-to-signal ratio alone with candidate c; independent noise powers add,
 so the sum predicts the plan's output noise; ``k`` (default 1) is a correction fitted from
 measured builds, ``t`` and ``L0`` likewise for latency. ``w_e`` (``Problem.edge_weight``, default 1)
@@ -46,6 +50,7 @@ class Problem:
     edge_weight: np.ndarray | None = None      # per edge, default 1 (module docstring)
     boundary_ms: float = 0.0
     latency_offset_ms: float = 0.0
+    mixed_ms: float = 0.0                       # m: cost of any mixed plan beyond its boundaries
     size_offset_bytes: float = 0.0
     damage_scale: float = 1.0
 
@@ -95,7 +100,7 @@ def predict(problem: Problem, assignment: dict[str, str], objective: str = "") -
     noise = problem.damage_scale * float(np.sum(problem.damage[rows, idx]))
     return Solution(assignment=dict(assignment),
                     predicted_latency_ms=float(np.sum(problem.latency[rows, idx]) + problem.boundary_ms * bw
-                                               + problem.latency_offset_ms),
+                                               + (problem.mixed_ms if mixed else 0.0) + problem.latency_offset_ms),
                     predicted_size_bytes=float(np.sum(problem.size[rows, idx]) + problem.size_offset_bytes),
                     predicted_noise=noise, predicted_snr_db=snr_from_noise(noise), boundaries=len(mixed), objective=objective,
                     boundary_weight=bw)
@@ -109,19 +114,20 @@ def solve(problem: Problem, *, minimize: str = "damage", latency_budget_ms: floa
     lp = _Lp(problem)
     cons = []
     if latency_budget_ms is not None:
-        cons.append(lp.row(lp.lat, latency_budget_ms - problem.latency_offset_ms, problem.boundary_ms))
+        cons.append(lp.row(lp.lat, latency_budget_ms - problem.latency_offset_ms, problem.boundary_ms, problem.mixed_ms))
     if size_budget_bytes is not None:
         cons.append(lp.row(lp.size, size_budget_bytes - problem.size_offset_bytes))
     if min_snr_db is not None:
         cons.append(lp.row(problem.damage_scale * lp.dmg, 10.0 ** (-min_snr_db / 10.0)))
     first, second = (lp.dmg, lp.lat) if minimize == "damage" else (lp.lat, lp.dmg)
-    t1, t2 = (0.0, problem.boundary_ms) if minimize == "damage" else (problem.boundary_ms, 0.0)
-    x = lp.run(first, t1, cons)
+    lat_terms = (problem.boundary_ms, problem.mixed_ms)
+    t1, t2 = ((0.0, 0.0), lat_terms) if minimize == "damage" else (lat_terms, (0.0, 0.0))
+    x = lp.run(first, *t1, cons)
     if x is None:
         _explain_infeasible(problem, latency_budget_ms, size_budget_bytes, min_snr_db)
-    best = float(lp.value(first, t1, x))
-    tie = lp.row(first, best * (1 + 1e-6) + 1e-15, t1)
-    x2 = lp.run(second, t2, cons + [tie])
+    best = float(lp.value(first, *t1, x))
+    tie = lp.row(first, best * (1 + 1e-6) + 1e-15, *t1)
+    x2 = lp.run(second, *t2, cons + [tie])
     return predict(problem, lp.assignment(x2 if x2 is not None else x), objective=minimize)
 
 
@@ -133,9 +139,10 @@ class _Lp:
         self.pairs = [(i, c) for i in range(len(p.layers)) for c in range(len(p.candidates)) if p.allowed[i, c]]
         self.col = {pc: k for k, pc in enumerate(self.pairs)}
         self.n_x = len(self.pairs)
-        self.edges = p.edges if p.boundary_ms != 0 else []
+        self.edges = p.edges if (p.boundary_ms != 0 or p.mixed_ms != 0) else []
         self.w = p.edge_weight if self.edges else np.zeros(0)
-        self.n = self.n_x + len(self.edges)
+        self.z = 1 if self.edges and p.mixed_ms != 0 else 0     # one column: "the plan is mixed"
+        self.n = self.n_x + len(self.edges) + self.z
         pick = lambda a: np.array([a[i, c] for i, c in self.pairs])
         self.dmg, self.lat, self.size = pick(p.damage), pick(p.latency), pick(p.size)
         a_eq = np.zeros((len(p.layers), self.n))
@@ -153,28 +160,34 @@ class _Lp:
                     if (j, c) in self.col:
                         r[self.col[j, c]] += 1.0
                     rows.append(r)
+        if self.z:
+            for e in range(len(self.edges)):   # z >= y_e
+                r = np.zeros(self.n)
+                r[self.n - 1], r[self.n_x + e] = 1.0, -1.0
+                rows.append(r)
         if rows:
             self.base.append(LinearConstraint(np.array(rows), 0.0, np.inf))
 
-    def full(self, coef: np.ndarray, per_edge: float = 0.0) -> np.ndarray:
-        return np.concatenate([coef, per_edge * self.w])
+    def full(self, coef: np.ndarray, per_edge: float = 0.0, per_mixed: float = 0.0) -> np.ndarray:
+        return np.concatenate([coef, per_edge * self.w, [per_mixed] * self.z])
 
-    def row(self, coef: np.ndarray, ub: float, per_edge: float = 0.0) -> LinearConstraint:
-        """sum coef x + per_edge sum y <= ub, scaled so the bound is 1 (tolerances become relative to it)."""
-        full = self.full(coef, per_edge)
+    def row(self, coef: np.ndarray, ub: float, per_edge: float = 0.0, per_mixed: float = 0.0) -> LinearConstraint:
+        """sum coef x + per_edge sum w y + per_mixed z <= ub, scaled so the bound is 1 (tolerances become
+        relative to it)."""
+        full = self.full(coef, per_edge, per_mixed)
         s = max(abs(ub), _big(full) * 1e-9, 1e-30)
         return LinearConstraint(full[None, :] / s, -np.inf, ub / s)
 
-    def value(self, coef: np.ndarray, per_edge: float, x: np.ndarray) -> float:
-        return float(self.full(coef, per_edge) @ x)
+    def value(self, coef: np.ndarray, per_edge: float, per_mixed: float, x: np.ndarray) -> float:
+        return float(self.full(coef, per_edge, per_mixed) @ x)
 
-    def run(self, coef: np.ndarray, per_edge: float, cons: list) -> np.ndarray | None:
-        c = self.full(coef, per_edge)
+    def run(self, coef: np.ndarray, per_edge: float, per_mixed: float, cons: list) -> np.ndarray | None:
+        c = self.full(coef, per_edge, per_mixed)
         # The smallest nonzero cost becomes 1, so damages 8 orders apart (fp16 vs a broken INT8
         # layer) still differ by more than the solver's absolute tolerances.
         pos = np.abs(c[c != 0])
         s = max(float(pos.min()) if pos.size else 1.0, _big(c) * 1e-9, 1e-30)
-        integrality = np.concatenate([np.ones(self.n_x), np.zeros(len(self.edges))])
+        integrality = np.concatenate([np.ones(self.n_x), np.zeros(len(self.edges) + self.z)])
         res = milp(c / s, constraints=self.base + cons, integrality=integrality, bounds=Bounds(0.0, 1.0),
                    options={"mip_rel_gap": 0.0, "presolve": True})
         if res.x is None or res.status not in (0,):
