@@ -14,6 +14,9 @@ islands), each profiled per layer by the backend (median of 3 profiles), and rep
 - per plan, the layers whose time changed most against their uniform build (conversions inserted
   for a layer are charged to it) and the unmapped time (layout changes onnxruntime inserts).
 
+End-to-end latencies are measured with all seven models interleaved round by round (a first
+version timed each plan on its own and, with other jobs on the VM, saw 2-3x swings).
+
     flock /tmp/hwc-bench.lock python benchmarks/boundary_costs.py      -> results/boundary_costs.json
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common.data import imagenet_calib_eval  # noqa: E402
 from benchmarks.common.export import cached_efficientnet_lite0  # noqa: E402
-from benchmarks.common.measure import log, save  # noqa: E402
+from benchmarks.common.measure import interleaved_latency, log, save, session  # noqa: E402
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
@@ -36,6 +39,9 @@ from hwcompile.plan import LayerChoice, PrecisionPlan  # noqa: E402
 from hwcompile.search.driver import _layer_edges  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
 from hwcompile.transform import apply_plan  # noqa: E402
+
+
+ROUNDS = 10
 
 
 def plans(ids: list[str], depthwise: set[str]) -> dict[str, dict[str, str]]:
@@ -65,15 +71,21 @@ def main() -> None:
     prof: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="boundary-costs-"))
     assignments = plans(ids, depthwise)
+    arts = {}
     for name, a in assignments.items():
-        log(name)
+        log(f"build + per-layer profile: {name}")
         plan = PrecisionPlan(layers={l: LayerChoice.from_candidate(c) for l, c in a.items()})
-        art = backend.lower(apply_plan(graph.clone(), plan, style, calib, cache=cache), plan, target,
-                            work / name.replace(" ", "_"))
+        arts[name] = art = backend.lower(apply_plan(graph.clone(), plan, style, calib, cache=cache), plan, target,
+                                         work / name.replace(" ", "_"))
         runs = [backend.profile(art, target, feeds, repeats=60, warmup=10, per_layer=True) for _ in range(3)]
-        prof[name] = {"e2e": float(np.median([r.timing.latency_ms for r in runs])),
-                      "layers": {l: float(np.median([r.layers_ms.get(l, 0.0) for r in runs])) for l in ids},
+        prof[name] = {"layers": {l: float(np.median([r.layers_ms.get(l, 0.0) for r in runs])) for l in ids},
                       "unmapped": float(np.median([sum(r.unmapped_ms.values()) for r in runs]))}
+    # End to end: all plans interleaved round by round, so load that comes and goes hits them alike.
+    log("end to end, interleaved")
+    e2e = interleaved_latency({k: session(a.path("model")) for k, a in arts.items()}, feeds, rounds=ROUNDS,
+                              repeats=40)
+    for name in arts:
+        prof[name]["e2e"] = e2e[name]["latency_ms"]
 
     # the planner's per-layer model (hwcompile/search/latency.py): scaled kernel times + remainder share
     scaled, remainder = {}, {}
@@ -120,7 +132,8 @@ def main() -> None:
         log(f"{name}: " + ", ".join(f"{k} {v:+.1f}%" for k, v in f["error_pct"].items()))
     save("boundary_costs", {
         "model": "EfficientNet-Lite0", "target": "host-cpu (onnxruntime CPU EP)", "batch": 1,
-        "method": "backend.profile per layer, median of 3 profiles of 60 runs; per-layer model of "
+        "method": "per-layer times: backend.profile, median of 3 profiles of 60 runs; end to end: every plan "
+                  f"interleaved round by round ({ROUNDS} rounds x 40 runs, median); per-layer model of "
                   "hwcompile/search/latency.py; boundary weight = elements crossing the edge / mean over edges",
         "plans": rows, "fits": fits})
 
