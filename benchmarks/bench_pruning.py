@@ -306,8 +306,8 @@ def part_composed(quick: bool) -> dict:
     from hwcompile.targets import load_target
     from hwcompile.transform import apply_plan
 
-    n_calib = 32 if quick else EFFNET_CALIB
-    calib, xe, ye = effnet_data(quick, n_calib)
+    n_calib = EFFNET24_CALIB_QUICK if quick else EFFNET24_CALIB
+    calib, xe, ye = effnet_data(quick, n_calib, flips=True)
     graph = cleanup(load(cached_efficientnet_lite0()))
     cache = PRUNE_CACHE
     out = {}
@@ -319,7 +319,7 @@ def part_composed(quick: bool) -> dict:
             for sparsity in ("dense", "2:4"):
                 name = f"{sparsity} + {precision} [{sname}]"
                 log(f"composed {name}")
-                plan = plan_with(sparsity, precision, **({"prune_importance": "wanda", "prune_schedule": "iterative"}
+                plan = plan_with(sparsity, precision, **({"prune_importance": "sparsegpt", **RECON}
                                                          if sparsity != "dense" else {}))
                 t = time.perf_counter()
                 g = apply_plan(graph.clone(), plan, style, calib, cache=cache)
@@ -340,9 +340,10 @@ def part_composed(quick: bool) -> dict:
                     r["int8_weights_2_4"] = _int8_weights_nm(proto)
                 out[name] = r
                 log(f"  top1 {t1:.3f} top5 {t5:.3f} ({secs:.0f} s)")
-    return {"model": "EfficientNet-Lite0", "calibration": f"{n_calib} even-class ImageNet samples",
+    return {"model": "EfficientNet-Lite0", "calibration": f"{n_calib} even-class ImageNet samples and their flips",
             "evaluation": f"{len(xe)} odd-class ImageNet samples",
-            "plan": "2:4 (Wanda, sequential LS refit) then per-channel INT8 (minmax, bias correction), one plan",
+            "plan": "2:4 (SparseGPT masks, one-shot LS refit toward the dense weight) then per-channel INT8 "
+                    "(minmax, bias correction), one plan",
             "results": out}
 
 
