@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
-import onnx_ir as ir
-
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
-from ..data import Dataset, as_feeds, iterate
+from ..data import Dataset
 from ..errors import DataError, UnsupportedError
 from ..ir import Graph, const_array, to_proto
 from ..quant.calibration import im2col
+from ..quant.collect import run_with_outputs
 from ..quant.compensate import refit_from_gram, sparsegpt_prune, weight_to_rows, rows_to_weight
 
 __all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "refit_weight_bias",
@@ -261,19 +261,8 @@ def _session_upto(graph: Graph, names: list[str]) -> ort.InferenceSession:
 
 def _run_upto(graph: Graph, data, names: list[str], visit, *, batch_size: int, limit: int | None) -> int:
     """``quant.collect.run_with_outputs`` on the part of the graph that ``names`` need."""
-    sess = _session_upto(graph, names) if names else None
-    batch_size = graph.fixed_batch() or batch_size
-    seen = 0
-    for batch in iterate(data, batch_size):
-        feeds = as_feeds(batch, graph)
-        outs = sess.run(names, feeds) if sess is not None else []
-        visit({**feeds, **dict(zip(names, outs))})
-        seen += len(next(iter(feeds.values())))
-        if limit is not None and seen >= limit:
-            break
-    if seen == 0:
-        raise DataError("calibration data is empty", where="--calib")
-    return seen
+    return run_with_outputs(graph, data, names, visit, batch_size=batch_size, limit=limit,
+                            session=_session_upto(graph, names) if names else None)
 
 
 def refit_weight(w: np.ndarray, gram: LayerGram, mask: np.ndarray | None = None, *,

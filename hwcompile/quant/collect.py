@@ -38,14 +38,17 @@ def session_with_outputs(graph: Graph, names: list[str]) -> ort.InferenceSession
 
 
 def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndarray]], names: list[str],
-                     visit: Visit, *, batch_size: int = 8, limit: int | None = None) -> int:
-    """Run the graph over ``data``; call ``visit`` with {name: value} (and the inputs) per batch."""
-    sess = session_with_outputs(graph, names)
+                     visit: Visit, *, batch_size: int = 8, limit: int | None = None,
+                     session: ort.InferenceSession | None = None) -> int:
+    """Run the graph over ``data``; call ``visit`` with {name: value} (and the inputs) per batch.
+    ``session``: one that computes ``names`` (default: the whole graph with them as outputs); with no
+    names nothing runs and ``visit`` sees the inputs only."""
+    sess = session if session is not None else (session_with_outputs(graph, names) if names else None)
     batch_size = graph.fixed_batch() or batch_size  # a fixed-batch export takes exactly that many per run
     seen = 0
     for batch in iterate(data, batch_size):
         feeds = as_feeds(batch, graph)
-        outs = sess.run(names, feeds)
+        outs = sess.run(names, feeds) if sess is not None else []
         visit({**feeds, **dict(zip(names, outs))})
         seen += len(next(iter(feeds.values())))
         if limit is not None and seen >= limit:
