@@ -137,6 +137,35 @@ def test_feedback_learns_a_fixed_cost_of_mixed_plans(tmp_path, monkeypatch):
                                                                      "conv_c": "int8"}
 
 
+class SparseDevice(SyntheticDevice):
+    """The synthetic device whose table is keyed by candidate name including sparsity ('fp32+2:4')."""
+
+    def lower(self, graph, plan, target, out_dir):
+        art = OnnxRuntimeBackend.lower(self, graph, plan, target, out_dir)
+        name = lambda c: c.candidate + ("" if c.sparsity == "dense" else f"+{c.sparsity}")
+        art.info["choices"] = {lid: name(plan.choice(lid)) for lid in LAYERS}
+        return art
+
+
+def test_sparsity_candidates_join_the_search(tmp_path, monkeypatch):
+    # 2:4 halves a layer's time on this device. conv_a reads 3 channels (no 2:4 group), so only
+    # conv_b and conv_c are offered 'fp32+2:4'. A 2.8 ms budget (all-fp32: 3.2) needs exactly one
+    # sparse layer: the planner takes the one whose measured damage is smaller, and the search
+    # measures it; the plan says why.
+    dev = SparseDevice({"fp32": 1.0, "fp32+2:4": 0.5}, boundary_ms=0.0)
+    plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False, boundary_probe=False,
+                                                                     candidates=("fp32", "fp32+2:4")),
+                        latency_budget_ms=2.8)
+    rows = {(r["layer"], r["candidate"]): r for r in info["sensitivity"]["rows"]}
+    assert ("conv_a", "fp32+2:4") not in rows
+    assert {("conv_b", "fp32+2:4"), ("conv_c", "fp32+2:4")} <= set(rows)
+    sparse = {lid for lid, c in plan.layers.items() if c.sparsity == "2:4"}
+    cheaper = min(("conv_b", "conv_c"), key=lambda l: rows[(l, "fp32+2:4")]["damage"])
+    assert sparse == {cheaper}
+    assert plan.layers[cheaper].reason
+    assert info["search"]["chosen"]["latency_ms"] == pytest.approx(2.7)
+
+
 class DriftingDevice(SyntheticDevice):
     """The synthetic device on a shared machine: every timing is multiplied by a load factor that
     changes every ``period`` profiler calls (another process starting and stopping)."""

@@ -108,6 +108,12 @@ def applicable(graph: Graph, node: ir.Node, cand: Candidate) -> bool:
     w = graph.weight_of(node)
     if w is None:
         return False
+    if cand.sparsity != "dense":
+        from ..prune.semistructured import parse_target, skip_reason
+
+        target = parse_target(cand.sparsity)
+        if target is not None and skip_reason(graph, node, target) is not None:
+            return False     # the prune pass would leave it dense (e.g. 3 input channels, depthwise)
     if cand.precision == "int8dyn":
         return node.op_type == "Gemm" or (node.op_type == "MatMul" and len(w.shape) == 2)
     if cand.precision == "int4w":
