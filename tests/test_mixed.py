@@ -75,7 +75,9 @@ def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
     fb = info["feedback"]
     assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
     assert fb[0]["predicted_latency_ms"] == pytest.approx(2.1) and fb[0]["measured_latency_ms"] == pytest.approx(2.7)
-    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(0.6, abs=1e-6)
+    # one mixed measurement (1 boundary, 0.6 ms over the tables): split between t and m at minimum norm
+    corr = info["search"]["corrections"]
+    assert corr["boundary_ms"] == pytest.approx(0.3, abs=1e-6) and corr["mixed_ms"] == pytest.approx(0.3, abs=1e-6)
     assert fb[1]["repeated"] and fb[1]["plan_summary"] == {"fp16": 3}
     assert fb[1]["predicted_latency_ms"] == pytest.approx(fb[1]["measured_latency_ms"])
     assert {lid: c.candidate for lid, c in plan.layers.items()} == {l: "fp16" for l in LAYERS}
@@ -95,8 +97,9 @@ def test_feedback_learns_the_boundary_cost(tmp_path, monkeypatch):
 def test_boundary_probe_prices_boundaries_before_the_first_solve(tmp_path, monkeypatch):
     # The device of test_feedback_learns_the_boundary_cost. The probe alternates the fastest uniform
     # candidate (int8) with fp32: int8-fp32-int8, 2 boundaries, measured 0.2 + 0.3 + 1.0 + 0.3 + 2 * 0.6
-    # = 3.0 ms against 1.8 predicted from the per-layer tables, so t = 0.6 ms is known before the
-    # first solve, which then picks all-fp16 (2.6 ms; fp16-fp16-int8 costs 2.7) and predicts it exactly.
+    # = 3.0 ms against 1.8 predicted from the per-layer tables. One mixed measurement: its 1.2 ms are
+    # split at minimum norm, t = 1.2 * 2 / 5 = 0.48 per boundary and m = 1.2 / 5 = 0.24, so the first
+    # solve already sees fp16-fp16-int8 at 2.82 ms and picks all-fp16 (2.6), predicted exactly.
     dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.6)
     plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False))
     probe = [p for p in info["measured"] if p["source"].startswith("boundary probe")]
@@ -106,7 +109,8 @@ def test_boundary_probe_prices_boundaries_before_the_first_solve(tmp_path, monke
     assert probe[0]["predicted_latency_ms"] == pytest.approx(1.8)
     fb = info["feedback"]
     assert fb[0]["plan_summary"] == {"fp16": 3}
-    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.6, abs=1e-6)
+    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.48, abs=1e-6)
+    assert fb[0]["corrections_used"]["mixed_ms"] == pytest.approx(0.24, abs=1e-6)
     assert fb[0]["predicted_latency_ms"] == pytest.approx(fb[0]["measured_latency_ms"]) == pytest.approx(2.6)
     assert {lid: c.candidate for lid, c in plan.layers.items()} == {l: "fp16" for l in LAYERS}
     # switched off, the first solve is blind to boundaries (the test above)
@@ -118,15 +122,16 @@ def test_boundary_probe_prices_boundaries_before_the_first_solve(tmp_path, monke
 def test_feedback_learns_a_fixed_cost_of_mixed_plans(tmp_path, monkeypatch):
     # The device charges 0.2 ms per boundary and 0.3 ms once for any mixed plan. The probe
     # (int8-fp32-int8, 2 boundaries) measures 0.7 ms over the per-layer tables: with one mixed
-    # measurement only t is fitted (0.35). The first solve (conv_a, conv_b cannot be INT8) picks
-    # fp16-fp16-int8, predicted 2.45, measured 2.6 (1 boundary): now t = 0.2 and m = 0.3 exactly.
+    # measurement it is split at minimum norm (t = 0.7 * 2 / 5 = 0.28, m = 0.14). The first solve
+    # (conv_a, conv_b cannot be INT8) picks fp16-fp16-int8, predicted 2.52, measured 2.6 (1 boundary):
+    # two mixed plans with different boundary counts give t = 0.2 and m = 0.3 exactly.
     dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.9, "int8": 0.1}, boundary_ms=0.2, mixed_ms=0.3)
     plan, info = search(dev, tmp_path, monkeypatch, so=SearchOptions(use_cache=False))
     fb = info["feedback"]
-    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.35, abs=1e-6)
-    assert fb[0]["corrections_used"]["mixed_ms"] == 0.0
+    assert fb[0]["corrections_used"]["boundary_ms"] == pytest.approx(0.28, abs=1e-6)
+    assert fb[0]["corrections_used"]["mixed_ms"] == pytest.approx(0.14, abs=1e-6)
     assert fb[0]["plan_summary"] == {"fp16": 2, "int8": 1}
-    assert fb[0]["predicted_latency_ms"] == pytest.approx(2.45) and fb[0]["measured_latency_ms"] == pytest.approx(2.6)
+    assert fb[0]["predicted_latency_ms"] == pytest.approx(2.52) and fb[0]["measured_latency_ms"] == pytest.approx(2.6)
     corr = info["search"]["corrections"]
     assert corr["boundary_ms"] == pytest.approx(0.2, abs=1e-6) and corr["mixed_ms"] == pytest.approx(0.3, abs=1e-6)
     for p in info["measured"]:   # every measured plan is now predicted exactly
@@ -201,7 +206,8 @@ def test_load_changes_cancel_against_the_fp32_reference(tmp_path, monkeypatch):
     # the raw medians did see the load: without the reference they would disagree with the table
     raw = [p["latency_ms_raw"] / p["ratio_to_fp32"] for p in info["measured"]]
     assert max(raw) / min(raw) > 1.2
-    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(0.6 / 3.2 * ref, rel=1e-6)
+    corr = info["search"]["corrections"]   # one 1-boundary plan measured: its residual split at minimum norm
+    assert corr["boundary_ms"] + corr["mixed_ms"] == pytest.approx(0.6 / 3.2 * ref, rel=1e-6)
     assert {c.candidate for c in plan.layers.values()} == {"fp16"}
     # after feedback, predictions made before measuring a plan match the measurement
     check = info["search"]["prediction_check"]
@@ -233,7 +239,8 @@ def test_never_slower_than_fp32(tmp_path, monkeypatch):
     # fp16 is slower everywhere; INT8 is faster per layer but too noisy (conv_a, conv_b) or, with the
     # boundary cost the feedback measured, slower overall (conv_c)
     assert all(c.reason.startswith("fp32: int8 would save 0.8000 ms") for c in plan.layers.values())
-    assert info["search"]["corrections"]["boundary_ms"] == pytest.approx(3.0, abs=1e-6)
+    corr = info["search"]["corrections"]   # one 1-boundary plan measured: 3 ms split at minimum norm
+    assert corr["boundary_ms"] == pytest.approx(1.5, abs=1e-6) and corr["mixed_ms"] == pytest.approx(1.5, abs=1e-6)
 
 
 def test_a_plan_within_noise_of_fp32_is_not_chosen(tmp_path, monkeypatch):

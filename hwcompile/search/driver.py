@@ -40,8 +40,12 @@
    + m*[mixed]`` with ``b`` the summed weight of the layer-to-layer edges whose endpoints take
    different candidates (conversions at precision boundaries; an edge weighs the size of the tensor
    crossing it relative to the mean edge), ``[mixed]`` 1 for a plan with any boundary, and
-   ``t, m >= 0`` fitted by non-negative least squares over the measured mixed plans (``t`` alone
-   while there is one; ``L0`` is the mean residual of the uniform plans, ~0 by construction). The
+   ``t, m >= 0`` fitted by non-negative least squares over the measured mixed plans (with one, the
+   minimum-norm split ``t = r b / (b^2 + 1)``, ``m = r / (b^2 + 1)``: a probe with many boundaries
+   prices them, while a "uniform" plan that is mixed only because a candidate does not apply
+   everywhere, e.g. int8dyn on a CNN's classifier alone, b ~ 0.01, goes to ``m``: fitted as ``t``
+   alone its noise once priced a boundary at 50 ms; ``L0`` is the mean residual of the uniform
+   plans, ~0 by construction). The
    ``m`` term was added after EfficientNet's mixed plans measured 8-21 % over predictions made
    with ``t`` alone (``benchmarks/results/boundary_costs.json``);
    predicted noise is scaled by ``k`` = geometric mean of measured/predicted noise; the size
@@ -327,8 +331,9 @@ class _Search:
         rm, bm = r[mixed] - c0, b[mixed]
         if mixed.sum() >= 2 and np.ptp(bm) > 0:
             (t, m), _ = nnls(np.stack([bm, np.ones_like(bm)], 1), rm)
-        elif mixed.any() and float(bm @ bm) > 0:
-            t = max(0.0, float(bm @ rm) / float(bm @ bm))
+        elif mixed.any():   # one mixed plan: the minimum-norm split of its residual between t and m
+            t = max(0.0, float(bm[0] * rm[0]) / float(bm[0] ** 2 + 1.0))
+            m = max(0.0, float(rm[0]) / float(bm[0] ** 2 + 1.0))
         ratios = [np.log(10 ** (-p["metrics"]["snr_db"] / 10) / s.predicted_noise) for p, s in zip(self.points, preds)
                   if s.predicted_noise > 1e-18 and p["metrics"].get("snr_db", 200.0) < 199.0]
         k = float(np.exp(np.clip(np.mean(ratios), -np.log(100), np.log(100)))) if ratios else 1.0
