@@ -114,10 +114,10 @@ def _model(op: str, shape: tuple[int, ...]) -> bytes:
 
 
 def _session(model: bytes, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    from .onnxruntime import session_options   # spinning off: the two sessions are timed alternately
+
+    return ort.InferenceSession(model, session_options({"intra_op_num_threads": threads}),
+                                providers=["CPUExecutionProvider"])
 
 
 def _static_3d(value: ir.Value | None) -> tuple[int, ...] | None:
