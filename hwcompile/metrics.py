@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-__all__ = ["topk", "snr_db", "spearman", "METRICS"]
+__all__ = ["topk", "snr_db", "spearman", "METRICS", "MASK_INPUTS", "output_weights"]
 
 METRICS = ("top1", "top5", "snr", "spearman")
 
@@ -15,13 +15,47 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float(np.mean([labels[i] in top[i] for i in range(len(labels))]))
 
 
-def snr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
-    """10*log10(sum ref^2 / sum (ref-test)^2) over all outputs; capped at 200 dB for exact equality."""
-    sig = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in reference)
-    err = sum(float(np.sum(np.square(r.astype(np.float64) - t.astype(np.float64)))) for r, t in zip(reference, test))
+def snr_db(reference: list[np.ndarray], test: list[np.ndarray],
+           weights: list[np.ndarray | None] | None = None) -> float:
+    """10*log10(sum w ref^2 / sum w (ref-test)^2) over all outputs; capped at 200 dB for exact equality.
+
+    ``weights`` (per output, broadcastable, or None for 1): see :func:`output_weights`."""
+    weights = weights or [None] * len(reference)
+    sig = err = 0.0
+    for r, t, w in zip(reference, test, weights):
+        r64 = r.astype(np.float64)
+        e2, s2 = np.square(r64 - t.astype(np.float64)), np.square(r64)
+        if w is not None:
+            e2, s2 = e2 * w, s2 * w
+        sig, err = sig + float(np.sum(s2)), err + float(np.sum(e2))
     if err == 0:
         return 200.0
     return float(min(200.0, 10 * np.log10(max(sig, 1e-30) / err)))
+
+
+#: model inputs that mark which token positions are real (1) and which are padding (0)
+MASK_INPUTS = ("attention_mask",)
+
+
+def output_weights(inputs: dict[str, np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Per output, the positions that count when outputs are compared, or None for all of them.
+
+    A token output ``[n, seq, ...]`` of a model fed an attention mask ``[n, seq]`` (0 = padding) is
+    compared on its real tokens only: the outputs at padded positions are computed but never used
+    (pooling and attention mask them), and at a fixed sequence length they can be most of the
+    tensor. Measured: STS-B sentences padded to 128 tokens are ~90 % padding, and dynamic INT8
+    MiniLM scored 7.4 dB over all positions while its Spearman moved by 0.002."""
+    mask = next((np.asarray(v) for k, v in inputs.items()
+                 if k in MASK_INPUTS and np.asarray(v).ndim == 2 and np.asarray(v).dtype.kind in "biu"), None)
+    if mask is None:
+        return [None] * len(outputs)
+    out: list[np.ndarray | None] = []
+    for o in outputs:
+        if o.ndim >= 2 and o.shape[:2] == mask.shape:
+            out.append((mask != 0).astype(np.float64).reshape(mask.shape + (1,) * (o.ndim - 2)))
+        else:
+            out.append(None)
+    return out
 
 
 def spearman(scores: np.ndarray, labels: np.ndarray) -> float:

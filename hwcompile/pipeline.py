@@ -26,7 +26,7 @@ from .backends.base import Artifact, Backend, Profile, get_backend
 from .data import Dataset, as_feeds, load_npz
 from .errors import ConfigError, DataError
 from .ir import Graph, load, to_bytes
-from .metrics import snr_db, spearman, topk
+from .metrics import output_weights, snr_db, spearman, topk
 from .passes import cleanup
 from .plan import CANDIDATES, PrecisionPlan, QuantSettings, parse_sparsity
 from .targets import Target, load_target
@@ -162,7 +162,8 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
         if merged[0].reshape(len(data.labels), -1).shape[1] >= 5:
             metrics["top5"] = topk(merged[0], data.labels, 5)
     if reference is not None:
-        metrics["snr_db"] = snr_db(reference, merged)
+        n = len(merged[0])
+        metrics["snr_db"] = snr_db(reference, merged, output_weights({k: v[:n] for k, v in data.inputs.items()}, merged))
     return metrics, merged
 
 

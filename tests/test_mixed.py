@@ -224,8 +224,32 @@ def test_candidates_within_noise_of_fp32_are_not_offered(tmp_path, monkeypatch):
                                                                     "conv_c": "int8"}
     assert all(f["plan_summary"].get("fp16", 0) == 0 for f in info["feedback"])
     # with the margin off, the same search takes the 2 %
-    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_layer_saving=0.0, boundary_probe=False))
+    plan2, _ = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_layer_saving=0.0,
+                                                                       min_plan_gain=0.0, boundary_probe=False))
     assert plan2.layers["conv_a"].candidate == "fp16" and plan2.layers["conv_b"].candidate == "fp16"
+
+
+class NoisyLayerProfileDevice(SyntheticDevice):
+    """End to end, fp16 is exactly as fast as fp32; its per-layer profile shows conv_a 15 % faster (the
+    kind of reading noise gives one layer in a profile) and conv_b 15 % slower."""
+
+    def profile(self, artifact, target, feeds, *, repeats=50, warmup=10, per_layer=True):
+        prof = super().profile(artifact, target, feeds, repeats=repeats, warmup=warmup, per_layer=per_layer)
+        if per_layer and set(artifact.info["choices"].values()) == {"fp16"}:
+            prof.layers_ms = {**prof.layers_ms, "conv_a": 0.85, "conv_b": 1.15}
+        return prof
+
+
+def test_candidate_whose_uniform_build_is_not_faster_is_not_offered(tmp_path, monkeypatch):
+    dev = NoisyLayerProfileDevice({"fp32": 1.0, "fp16": 1.0, "int8": 0.3}, boundary_ms=0.0)
+    plan, info = search(dev, tmp_path, monkeypatch)
+    assert "fp16" in info["search"]["not_offered"] and "1.000x" in info["search"]["not_offered"]["fp16"]
+    assert all(f["plan_summary"].get("fp16", 0) == 0 for f in info["feedback"])
+    assert {c.candidate for c in plan.layers.values()} <= {"fp32", "int8"}
+    # the per-layer reading alone would have put conv_a (too noisy for INT8) in fp16
+    plan2, info2 = search(dev, tmp_path / "b", monkeypatch, so=SearchOptions(use_cache=False, min_plan_gain=0.0,
+                                                                             boundary_probe=False))
+    assert info2["search"]["not_offered"] == {} and plan2.layers["conv_a"].candidate == "fp16"
 
 
 def test_never_slower_than_fp32(tmp_path, monkeypatch):

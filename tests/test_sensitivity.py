@@ -155,3 +155,27 @@ def test_candidates_and_weight_bytes():
     assert weight_bytes(graph, fc1, Candidate("fp16")) == 64 * 128 * 2
     assert weight_bytes(graph, fc1, Candidate("int8")) == 64 * 128 + 4 * 128          # + per-column scales
     assert weight_bytes(graph, fc1, Candidate("int4w")) == 64 * 128 // 2 + 4 * 128 * 2  # 2 blocks of 32 along K
+
+
+def test_snr_ignores_padding_positions_an_attention_mask_marks():
+    """Outputs at padded token positions are never used: errors there must not count, errors on
+    real tokens must, and outputs that are not per-token are compared whole."""
+    from hwcompile.metrics import output_weights, snr_db
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((2, 8), np.int64)
+    mask[:, :3] = 1
+    ref = rng.standard_normal((2, 8, 4)).astype(np.float32)
+    pooled = rng.standard_normal((2, 4)).astype(np.float32)
+    noisy_pad = ref.copy()
+    noisy_pad[:, 3:] += 10.0                              # garbage on padding only
+    w = output_weights({"input_ids": mask * 7, "attention_mask": mask}, [ref, pooled])
+    assert w[1] is None and w[0].shape == (2, 8, 1)
+    assert snr_db([ref, pooled], [noisy_pad, pooled], w) == 200.0
+    assert snr_db([ref, pooled], [noisy_pad, pooled]) < 0.0          # unmasked, the garbage dominates
+    noisy_real = ref.copy()
+    noisy_real[:, :3] += 0.1
+    sig = float(np.sum(ref[:, :3].astype(np.float64) ** 2) + np.sum(pooled.astype(np.float64) ** 2))
+    expect = 10 * np.log10(sig / (0.1 ** 2 * 2 * 3 * 4))
+    assert abs(snr_db([ref, pooled], [noisy_real, pooled], w) - expect) < 1e-3
+    assert output_weights({"input_ids": mask}, [ref]) == [None]       # no mask input: everything counts

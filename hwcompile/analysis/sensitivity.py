@@ -7,6 +7,9 @@ first ``samples`` calibration samples. Against the cached FP32 outputs ``y`` the
 
     mse_ic = mean((y - y_ic)^2)
     snr_ic = 10 log10(sum y^2 / sum (y - y_ic)^2)            [dB, over all outputs, capped at 200]
+
+(sums and means over the positions that count: a token output's padding positions, marked by an
+``attention_mask`` input, do not; ``hwcompile.metrics.output_weights``)
     kl_ic  = mean_n KL(softmax(y_n) || softmax(y_ic,n))       [only for a 2-D first output: logits]
 
 and the noise-to-signal ratio ``damage_ic = 10^(-snr_ic/10)``. Quantization noise of different
@@ -31,7 +34,7 @@ from ..backends.base import Backend
 from ..data import Dataset, as_feeds
 from ..errors import DataError, HwcompileError
 from ..ir import Graph, to_bytes
-from ..metrics import snr_db
+from ..metrics import output_weights, snr_db
 from ..plan import PrecisionPlan, QuantSettings
 from ..search.candidates import Candidate, applicable, target_candidates
 from ..targets import Target
@@ -113,6 +116,7 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
     settings = target.settings if backend.name == "onnxruntime" else {}
     data = calib.take(min(samples, len(calib)))
     reference = InMemoryRunner(graph, settings).run(data)
+    weights = output_weights(data.inputs, reference)     # padding tokens do not count (metrics.output_weights)
     style = backend.qdq_style(target)
     base = PrecisionPlan.uniform("fp32")
     # one layer's damage only: embedding tables (quantized with any quantized layer) would add theirs to every row
@@ -136,14 +140,17 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
             except (HwcompileError, *_ORT_ERRORS) as e:  # a candidate a pass or the runtime refuses
                 skipped[key] = str(e).splitlines()[0][:200]
                 continue
-            rows.append(_row(node.name, node.op_type, cand, reference, out))
+            rows.append(_row(node.name, node.op_type, cand, reference, out, weights))
     return SensitivityTable(rows=rows, samples=len(data), candidates=[c.name for c in cands], skipped=skipped)
 
 
-def _row(layer: str, op: str, cand: Candidate, ref: list[np.ndarray], out: list[np.ndarray]) -> SensitivityRow:
-    snr = snr_db(ref, out)
-    n = sum(r.size for r in ref)
-    mse = sum(float(np.sum((r.astype(np.float64) - o.astype(np.float64)) ** 2)) for r, o in zip(ref, out)) / max(n, 1)
+def _row(layer: str, op: str, cand: Candidate, ref: list[np.ndarray], out: list[np.ndarray],
+         weights: list[np.ndarray | None]) -> SensitivityRow:
+    snr = snr_db(ref, out, weights)
+    w = [np.ones_like(r, dtype=np.float64) if m is None else np.broadcast_to(m, r.shape) for r, m in zip(ref, weights)]
+    n = sum(float(np.sum(x)) for x in w)
+    mse = sum(float(np.sum(x * (r.astype(np.float64) - o.astype(np.float64)) ** 2))
+              for r, o, x in zip(ref, out, w)) / max(n, 1.0)
     kl = _kl(ref[0], out[0]) if ref[0].ndim == 2 and ref[0].shape[1] >= 2 else None
     return SensitivityRow(layer=layer, op=op, candidate=cand.name, snr_db=snr, mse=mse,
                           damage=float(10.0 ** (-snr / 10.0)), kl=kl)

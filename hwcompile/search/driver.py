@@ -34,7 +34,13 @@
    a candidate that is not faster only adds damage and conversions at its boundaries, and per-layer
    profiles on a shared machine do not resolve differences finer than that (FP16 on an x86 CPU
    without FP16 arithmetic measures within noise of FP32, and chosen for noise it scattered
-   conversion-bound FP16 islands through the plan). With a size budget every candidate stays.
+   conversion-bound FP16 islands through the plan). Likewise a candidate whose uniform build did
+   not measure ``min_plan_gain`` faster than FP32 end to end is not offered at all (``search.
+   not_offered`` says why): the layers where its profile shows a saving are the ones where noise
+   favoured it, so the MILP picked exactly the optimistic figures. Seen on EfficientNet-Lite0
+   (uniform FP16 0.99-1.0x FP32): 3-6 FP16 layers in every mixed plan, each with casts the
+   INT8/FP32 boundary model does not price, and every plan measured 4.7-10.6 % slower than predicted.
+   With a size budget every candidate stays.
 5. **Feedback**: the chosen plan is built and measured end to end (latency, size, metrics). The
    latency model is corrected for what per-layer figures miss: ``measured - predicted = L0 + t*b
    + m*[mixed]`` with ``b`` the summed weight of the layer-to-layer edges whose endpoints take
@@ -156,6 +162,7 @@ class _Search:
         self.layers = graph.layers()
         self.ids = [n.name for n in self.layers]
         self.points: list[dict] = []
+        self.not_offered: dict[str, str] = {}    # candidate -> why it is not offered for speed
         self.feedback: list[dict] = []
         self.problem: Problem | None = None
         self.ref_art: Artifact | None = None        # the FP32 build every latency is measured against
@@ -296,8 +303,24 @@ class _Search:
             slow = lat >= (1.0 - self.so.min_layer_saving) * lat[:, [fp]]
             slow[:, fp] = False
             dmg[slow] = np.nan
+            for j, c in enumerate(names):
+                why = self._not_faster_uniform(c)
+                if why:
+                    dmg[:, j] = np.nan
+                    self.not_offered[c] = why
         edges, weight = _layer_edges(self.g)
         return Problem(self.ids, names, dmg, np.nan_to_num(lat, nan=0.0), size, edges=edges, edge_weight=weight)
+
+    def _not_faster_uniform(self, cand: str) -> str | None:
+        """Why ``cand`` is not offered for speed: its uniform build did not measure ``min_plan_gain``
+        faster than FP32 end to end (docstring, step 4), or None."""
+        u = next((p for p in self.points if p["source"] == f"uniform:{cand}"), None)
+        if cand == "fp32" or u is None or u.get("ratio_to_fp32") is None:
+            return None
+        if u["ratio_to_fp32"] <= 1.0 - self.so.min_plan_gain:
+            return None
+        return (f"uniform {cand} measured {u['ratio_to_fp32']:.3f}x the FP32 latency end to end: its per-layer "
+                f"savings are within measurement noise (offered only under a size budget)")
 
     def _corrected(self) -> Problem:
         return dataclasses.replace(self.problem, **self.corr)
@@ -522,6 +545,7 @@ class _Search:
                   "accuracy_rule": rule if self.accuracy_constrained else "none (budgets only)",
                   "snr_floor_db": self._floor() if self.problem else None, "corrections": dict(self.corr),
                   "converged": converged, "fallback": fallback, "measured_points": len(self.points),
+                  "not_offered": dict(self.not_offered),
                   "chosen": None if best is None else {k: best[k] for k in ("source", "latency_ms", "size_bytes",
                                                                              "metrics")}}
         if best is not None:
