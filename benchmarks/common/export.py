@@ -206,8 +206,9 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def eval_stsb_spearman(embed_fn: RunFn, pairs: Sequence[tuple[str, str, float]], *, seq_len: int = 128,
-                       batch: int = 32) -> float:
-    """Spearman rank correlation between cos(e(s1), e(s2)) and the gold scores.
+                       batch: int = 32, scores: list | None = None) -> float:
+    """Spearman rank correlation between cos(e(s1), e(s2)) and the gold scores (the per-pair cosines are
+    appended to ``scores`` when given: paired comparisons between models).
 
     ``embed_fn(minilm_tokenize(chunk, seq_len))`` returns ``last_hidden_state`` [b, seq_len, H]
     (mean-pooled here with the attention mask) or already pooled embeddings [b, H].
@@ -225,4 +226,6 @@ def eval_stsb_spearman(embed_fn: RunFn, pairs: Sequence[tuple[str, str, float]],
     a = embed([p[0] for p in pairs]).astype(np.float64)
     b = embed([p[1] for p in pairs]).astype(np.float64)
     cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    if scores is not None:
+        scores.extend(cos.tolist())
     return float(spearmanr(cos, [p[2] for p in pairs]).statistic)
