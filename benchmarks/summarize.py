@@ -102,6 +102,19 @@ def mixed(lines: list[str]) -> None:
                          str(best.get("point", "-")), _f(best.get("latency_vs_uniform_pct"), ".1f")])
         lines += _table(["uniform config", metric, "status", "dominated by mixed plans", "fastest front point at least "
                          "as accurate", "latency vs uniform %"], rows)
+        stat = d.get("dominance_statistical")
+        if stat:
+            lines.append("\nWith differences the measurements cannot resolve counted as ties (paired rounds for "
+                         "latency, paired bootstrap over the evaluation set for accuracy; `dominance_statistical`):\n")
+            srows = []
+            for u in stat:
+                by = u.get("by") or {}
+                k = min(by, key=lambda p: by[p]["latency"]["latency_ratio_median"]) if by else None
+                srows.append([u["uniform"], "dominated" if u["dominated"] else "not dominated", str(len(by)),
+                              k or "-", _f(by[k]["latency"]["latency_ratio_median"], ".3f") if k else "-",
+                              by[k]["latency"]["resolved"] if k else "-", by[k]["accuracy"]["resolved"] if k else "-"])
+            lines += _table(["uniform config", "status", "covering points", "fastest covering point", "latency ratio",
+                             "latency", "accuracy"], srows)
         pc = d.get("prediction_check", {})
         lines.append(f"\nAfter feedback, predicted vs measured end-to-end latency: max |error| "
                      f"{_f(pc.get('after_feedback_max_abs_error_pct'), '.1f')} %, within 10 %: "
