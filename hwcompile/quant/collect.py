@@ -34,6 +34,7 @@ def session_with_outputs(graph: Graph, names: list[str]) -> ort.InferenceSession
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see backends.onnxruntime.session_options
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

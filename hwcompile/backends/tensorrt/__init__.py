@@ -133,6 +133,7 @@ def fake_quant_session_options():
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the model exactly as written
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see backends.onnxruntime.session_options
     return so
 
 
