@@ -39,7 +39,8 @@
    not_offered`` says why): the layers where its profile shows a saving are the ones where noise
    favoured it, so the MILP picked exactly the optimistic figures. Seen on EfficientNet-Lite0
    (uniform FP16 0.99-1.0x FP32): 3-6 FP16 layers in every mixed plan, each with casts the
-   INT8/FP32 boundary model does not price, and every plan measured 4.7-10.6 % slower than predicted.
+   INT8/FP32 boundary model does not price, and every plan measured 4.4-11.2 % slower than predicted
+   (two runs; -6.6..+2.4 % and -5.3..+0.4 % without them).
    With a size budget every candidate stays.
 5. **Feedback**: the chosen plan is built and measured end to end (latency, size, metrics). The
    latency model is corrected for what per-layer figures miss: ``measured - predicted = L0 + t*b
@@ -303,6 +304,7 @@ class _Search:
             slow = lat >= (1.0 - self.so.min_layer_saving) * lat[:, [fp]]
             slow[:, fp] = False
             dmg[slow] = np.nan
+            self.not_offered = {}
             for j, c in enumerate(names):
                 why = self._not_faster_uniform(c)
                 if why:
