@@ -82,22 +82,3 @@ def test_measurement_returns_both_timings():
     assert isinstance(slower, bool) and fused > 0 and unfused > 0
     assert slower == (fused > ln.SLOWER_BY * unfused)
 
-
-@pytest.mark.parametrize("spinning", [None, True])
-def test_session_json_carries_spinning_and_the_profiled_session_uses_it(tmp_path, monkeypatch, spinning):
-    """What is measured is what ships: the artifact's session.json says whether intra-op workers spin
-    (off unless the target turns it on), and the session the backend builds from it follows it."""
-    import dataclasses
-    import json
-
-    from hwcompile.backends.onnxruntime import session_options
-
-    monkeypatch.setattr(ln, "skip_layernorm_is_slower", lambda shape, threads: (False, 90.0, 90.0))
-    target = load_target("host-cpu")
-    if spinning is not None:
-        target = dataclasses.replace(target, settings={**target.settings, "allow_spinning": spinning})
-    art = OnnxRuntimeBackend().lower(from_proto(block_model()), PrecisionPlan.uniform("fp32"), target, tmp_path / "a")
-    settings = json.loads(art.path("session").read_text())
-    assert settings["allow_spinning"] is bool(spinning)
-    entry = session_options(settings).get_session_config_entry("session.intra_op.allow_spinning")
-    assert entry == ("1" if spinning else "0")
