@@ -217,11 +217,7 @@ def dominance(uniform: dict[str, dict], front: dict[str, dict], metric: str, rou
         fastest = min(acc_ok, key=lambda k: front[k]["latency_ms"]) if acc_ok else None
         best = max(fast_ok, key=lambda k: front[k][metric]) if fast_ok else None
         status = "dominated" if cover else ("on_front_only_itself" if name in front else "not_dominated")
-        paired = {}
-        for k in cover:
-            r = np.array(rounds[k]) / np.array(rounds[name])
-            paired[k] = {"latency_ratio_median": float(np.median(r)), "faster_in_rounds": float(np.mean(r < 1.0)),
-                         "rounds": len(r), "metric_gain": front[k][metric] - au}
+        paired = {k: {**paired_ratio(rounds[k], rounds[name]), "metric_gain": front[k][metric] - au} for k in cover}
         closest = None
         if not cover and fastest is not None and front[fastest][metric] > au:
             closest = paired_ratio(rounds[fastest], rounds[name])

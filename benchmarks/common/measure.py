@@ -18,16 +18,18 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    # every model measured with the same options hwcompile's artifacts carry: spinning off, or the idle
-    # pools of the other interleaved sessions spin on the cores of the one being timed
-    # (hwcompile.backends.onnxruntime.session_options; EfficientNet FP32 6.6 ms -> 10.3 ms, IQR 0.2 -> 7 ms)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    """Every model, peers included, runs with the session options hwcompile's onnxruntime artifacts
+    carry (optimizations "all", intra-op spinning off: otherwise the idle pools of the other
+    interleaved sessions spin on the cores of the one being timed; EfficientNet FP32 6.6 ms -> 10.3 ms,
+    IQR 0.2 -> 7 ms)."""
     data = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, _options(threads), providers=["CPUExecutionProvider"])
+
+
+def _options(threads: int) -> ort.SessionOptions:
+    from hwcompile.backends.onnxruntime import session_options
+
+    return session_options({"intra_op_num_threads": threads})
 
 
 def interleaved_calls(calls: Mapping[str, Callable[[], object]], *, rounds: int = 5, repeats: int = 40,
@@ -115,10 +117,7 @@ def kernel_time_by_op(models: Mapping[str, str | Path], feeds: Mapping[str, np.n
     by_op_total = {k: collections.Counter() for k in models}
     for _ in range(rounds):
         for name, path in models.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.log_severity_level = 3
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so = _options(threads)
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tmp, "p")
             s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

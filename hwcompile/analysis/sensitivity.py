@@ -34,7 +34,7 @@ from ..backends.base import Backend
 from ..data import Dataset, as_feeds
 from ..errors import DataError, HwcompileError
 from ..ir import Graph, to_bytes
-from ..metrics import output_weights, snr_db
+from ..metrics import error_power, output_weights, snr_from_power
 from ..plan import PrecisionPlan, QuantSettings
 from ..search.candidates import Candidate, applicable, target_candidates
 from ..targets import Target
@@ -146,11 +146,8 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
 
 def _row(layer: str, op: str, cand: Candidate, ref: list[np.ndarray], out: list[np.ndarray],
          weights: list[np.ndarray | None]) -> SensitivityRow:
-    snr = snr_db(ref, out, weights)
-    w = [np.ones_like(r, dtype=np.float64) if m is None else np.broadcast_to(m, r.shape) for r, m in zip(ref, weights)]
-    n = sum(float(np.sum(x)) for x in w)
-    mse = sum(float(np.sum(x * (r.astype(np.float64) - o.astype(np.float64)) ** 2))
-              for r, o, x in zip(ref, out, w)) / max(n, 1.0)
+    sig, err, n = error_power(ref, out, weights)
+    snr, mse = snr_from_power(sig, err), err / max(n, 1.0)
     kl = _kl(ref[0], out[0]) if ref[0].ndim == 2 and ref[0].shape[1] >= 2 else None
     return SensitivityRow(layer=layer, op=op, candidate=cand.name, snr_db=snr, mse=mse,
                           damage=float(10.0 ** (-snr / 10.0)), kl=kl)

@@ -41,7 +41,7 @@ from ..data import Dataset
 from ..errors import DataError, UnsupportedError
 from ..ir import Graph, const_array, to_proto
 from ..quant.calibration import im2col
-from ..quant.collect import run_with_outputs
+from ..quant.collect import in_memory_session, run_with_outputs
 from ..quant.compensate import refit_from_gram, sparsegpt_prune, weight_to_rows, rows_to_weight
 
 __all__ = ["LayerGram", "layer_layout", "layer_rows", "collect_grams", "refit_weight", "refit_weight_bias",
@@ -253,11 +253,7 @@ def _session_upto(graph: Graph, names: list[str]) -> ort.InferenceSession:
     proto.graph.initializer.extend(inits)
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see backends.onnxruntime.session_options
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return in_memory_session(proto)
 
 
 def _run_upto(graph: Graph, data, names: list[str], visit, *, batch_size: int, limit: int | None) -> int:

@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..ir import Graph, to_proto
 from .observers import TensorStats
 
-__all__ = ["collect_stats", "run_with_outputs", "session_with_outputs"]
+__all__ = ["collect_stats", "in_memory_session", "run_with_outputs", "session_with_outputs"]
 
 Visit = Callable[[Mapping[str, np.ndarray]], None]
 
@@ -31,10 +31,17 @@ def session_with_outputs(graph: Graph, names: list[str]) -> ort.InferenceSession
     for n in names:
         if n not in existing:
             proto.graph.output.append(onnx.ValueInfoProto(name=n))
+    return in_memory_session(proto)
+
+
+def in_memory_session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    """A CPU session of ``proto`` as written (basic optimizations only, so every requested tensor
+    survives), never saved to disk; intra-op spinning off (see ``backends.onnxruntime.session_options``:
+    these sessions share the process with timed ones)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see backends.onnxruntime.session_options
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

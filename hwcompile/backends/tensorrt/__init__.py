@@ -128,13 +128,9 @@ def _cache_path(name: str | None) -> Path | None:
 
 
 def fake_quant_session_options():
-    import onnxruntime as ort
+    from ..onnxruntime import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the model exactly as written
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see backends.onnxruntime.session_options
-    return so
+    return session_options({"graph_optimization_level": "disable"})  # the model exactly as written
 
 
 def _cpu_runner(model_path: Path) -> Runner:
