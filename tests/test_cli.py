@@ -179,3 +179,14 @@ def test_bad_target_quant_table_names_the_field(tmp_path, table, field):
     r = _run("compile", "--target", t, "--precision", "int8", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "[quant]" in r.output and field in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("setting, field", [('allow_spinning = "no"', "allow_spinning"),
+                                            ("intra_op_num_threads = -1", "intra_op_num_threads"),
+                                            ('graph_optimization_level = "max"', "graph_optimization_level")])
+def test_bad_onnxruntime_session_setting_names_the_field(tmp_path, setting, field):
+    t = tmp_path / "dev.toml"
+    t.write_text(f'name = "dev"\nbackend = "onnxruntime"\nprecisions = ["fp32"]\n\n[backend_settings]\n{setting}\n')
+    r = _run("compile", "--target", t, "--precision", "fp32", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "[backend_settings]" in r.output and field in r.output, r.output
+    assert not (tmp_path / "o").exists()

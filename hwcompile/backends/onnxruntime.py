@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..ir import SERVES, Graph, save
 from ..plan import PrecisionPlan, write_text_atomic
 from ..targets import Target
@@ -56,6 +56,27 @@ def session_options(settings: dict) -> ort.SessionOptions:
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.get("allow_spinning") else "0")
     return so
+
+
+def _session_settings(target: Target) -> dict:
+    """The target's session settings, checked: what ``session.json`` records."""
+    ts = target.settings
+    where = f"{target.path or target.name} [backend_settings]"
+    settings = {"execution_provider": ts.get("execution_provider", "CPUExecutionProvider"),
+                "graph_optimization_level": ts.get("graph_optimization_level", "all"),
+                "intra_op_num_threads": ts.get("intra_op_num_threads", 0),
+                "allow_spinning": ts.get("allow_spinning", False)}
+    if settings["graph_optimization_level"] not in _LEVELS:
+        raise ConfigError(f"graph_optimization_level {settings['graph_optimization_level']!r} is not one of "
+                          f"{sorted(_LEVELS)}", where=f"{where} graph_optimization_level")
+    n = settings["intra_op_num_threads"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"intra_op_num_threads {n!r} is not an integer >= 0 (0: onnxruntime's default)",
+                          where=f"{where} intra_op_num_threads")
+    if not isinstance(settings["allow_spinning"], bool):
+        raise ConfigError(f"allow_spinning {settings['allow_spinning']!r} is not true or false",
+                          where=f"{where} allow_spinning")
+    return settings
 
 
 def cpu_has_int8_dot() -> bool:
@@ -97,10 +118,7 @@ class OnnxRuntimeBackend(Backend):
 
     def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"execution_provider": target.settings.get("execution_provider", "CPUExecutionProvider"),
-                    "graph_optimization_level": target.settings.get("graph_optimization_level", "all"),
-                    "intra_op_num_threads": int(target.settings.get("intra_op_num_threads", 0)),
-                    "allow_spinning": bool(target.settings.get("allow_spinning", False))}
+        settings = _session_settings(target)
         info: dict = {"session": settings}
         if settings["execution_provider"] == "CPUExecutionProvider" and target.settings.get("unfuse_slow_skip_layernorm", True):
             with sum_for_slow_skip_layernorm(graph, settings["intra_op_num_threads"],
