@@ -171,22 +171,15 @@ def test_target_quant_defaults_yield_to_the_command_line(tmp_path):
     assert json.loads((tmp_path / "o" / "plan.json").read_text())["quant"]["calib_method"] == "percentile"
 
 
-@pytest.mark.parametrize("table, field", [('calib_method = "median"', "calib_method"),
-                                          ("bits = 3", "bits")])
-def test_bad_target_quant_table_names_the_field(tmp_path, table, field):
+@pytest.mark.parametrize("section, line, field", [
+    ("quant", 'calib_method = "median"', "calib_method"),
+    ("quant", "bits = 3", "bits"),
+    ("backend_settings", 'allow_spinning = "no"', "allow_spinning"),
+    ("backend_settings", "intra_op_num_threads = -1", "intra_op_num_threads"),
+    ("backend_settings", 'graph_optimization_level = "max"', "graph_optimization_level")])
+def test_bad_target_table_names_the_field(tmp_path, section, line, field):
     t = tmp_path / "dev.toml"
-    t.write_text(f'name = "dev"\nbackend = "onnxruntime"\nprecisions = ["int8"]\n\n[quant]\n{table}\n')
+    t.write_text(f'name = "dev"\nbackend = "onnxruntime"\nprecisions = ["int8"]\n\n[{section}]\n{line}\n')
     r = _run("compile", "--target", t, "--precision", "int8", "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "[quant]" in r.output and field in r.output, r.output
-    assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.parametrize("setting, field", [('allow_spinning = "no"', "allow_spinning"),
-                                            ("intra_op_num_threads = -1", "intra_op_num_threads"),
-                                            ('graph_optimization_level = "max"', "graph_optimization_level")])
-def test_bad_onnxruntime_session_setting_names_the_field(tmp_path, setting, field):
-    t = tmp_path / "dev.toml"
-    t.write_text(f'name = "dev"\nbackend = "onnxruntime"\nprecisions = ["fp32"]\n\n[backend_settings]\n{setting}\n')
-    r = _run("compile", "--target", t, "--precision", "fp32", "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "[backend_settings]" in r.output and field in r.output, r.output
+    assert r.exit_code == 2 and f"[{section}]" in r.output and field in r.output, r.output
     assert not (tmp_path / "o").exists()
