@@ -32,4 +32,6 @@ def apply_plan(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Datase
         from .passes.quantize import quantize
 
         graph = quantize(graph, plan, style, calib, cache=cache)
-    return run_passes(graph, [eliminate_dead_code])  # drop the float weights the passes replaced
+    graph = run_passes(graph, [eliminate_dead_code])  # drop the float weights the passes replaced
+    graph.meta["plan"] = plan   # what the graph now implements (read by backends and test devices)
+    return graph

@@ -2,8 +2,8 @@
 
 For every layer ``i`` and candidate ``c`` the target supports, the plan "everything FP32 except
 layer i, which takes c" is applied to a clone of the graph (the real passes, with a shared
-calibration ``cache`` so statistics are collected once) and run with onnxruntime in memory on the
-first ``samples`` calibration samples. Against the cached FP32 outputs ``y`` the damage is
+calibration ``cache`` so statistics are collected once) and run in memory with the backend's
+numerics (``Backend.graph_runner``) on the first ``samples`` calibration samples. Against the cached FP32 outputs ``y`` the damage is
 
     mse_ic = mean((y - y_ic)^2)
     snr_ic = 10 log10(sum y^2 / sum (y - y_ic)^2)            [dB, over all outputs, capped at 200]
@@ -113,9 +113,8 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
     progress = progress or (lambda s: None)
     cache = cache if cache is not None else {}
     cands = [c for c in target_candidates(target, candidates) if c.name != "fp32"]
-    settings = target.settings if backend.name == "onnxruntime" else {}
     data = calib.take(min(samples, len(calib)))
-    reference = InMemoryRunner(graph, settings).run(data)
+    reference = backend.graph_runner(graph, target).run(data)
     weights = output_weights(data.inputs, reference)     # padding tokens do not count (metrics.output_weights)
     style = backend.qdq_style(target)
     base = PrecisionPlan.uniform("fp32")
@@ -136,7 +135,7 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
                 if node.name in g.meta.get(_SKIP_META.get(cand.precision, ""), {}):
                     skipped[key] = g.meta[_SKIP_META[cand.precision]][node.name]
                     continue
-                out = InMemoryRunner(g, settings).run(data)
+                out = backend.graph_runner(g, target).run(data)
             except (HwcompileError, *_ORT_ERRORS) as e:  # a candidate a pass or the runtime refuses
                 skipped[key] = str(e).splitlines()[0][:200]
                 continue

@@ -108,6 +108,14 @@ class Backend(ABC):
                 warmup: int = 10, per_layer: bool = True) -> Profile:
         """Measure end-to-end latency, and per-layer latency mapped back to layer ids."""
 
+    def graph_runner(self, graph: Graph, target: Target):
+        """Run an un-lowered graph in memory with this backend's numerics, for scoring a layer's
+        sensitivity without writing an artifact: an object whose ``run(dataset)`` returns the outputs.
+        The default runs onnxruntime's CPU provider with its default session settings."""
+        from ..analysis.sensitivity import InMemoryRunner
+
+        return InMemoryRunner(graph, {})
+
     def versions(self) -> dict[str, str]:
         return {}
 

@@ -132,6 +132,11 @@ class OnnxRuntimeBackend(Backend):
         return Artifact(directory=out_dir, backend=self.name, target=target.name,
                         files={"model": "model.onnx", "session": "session.json"}, info=info)
 
+    def graph_runner(self, graph: Graph, target: Target):
+        from ..analysis.sensitivity import InMemoryRunner
+
+        return InMemoryRunner(graph, target.settings)
+
     def _session(self, artifact: Artifact, target: Target, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
         settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())
         so = so or session_options(settings)
