@@ -68,6 +68,7 @@ def compile(
     repeats: int = typer.Option(50, help="Timed runs per latency measurement."),
     shape: list[str] = typer.Option([], "--shape", help="Concrete shape for a dynamic input, e.g. x=1,3,48,192."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an hwcompile output."),
 ):
     """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
     from .pipeline import CompileOptions, compile_model
@@ -84,7 +85,7 @@ def compile(
             size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
             input_shapes=_parse_shapes(shape))
         with _progress(not as_json) as step:
-            return compile_model(model, target, out, opts, progress=step)
+            return compile_model(model, target, out, opts, progress=step, force=force)
 
     result = _guard(run)
     rep = result.report

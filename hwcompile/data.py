@@ -54,11 +54,7 @@ def load_npz(path: str | Path, graph: Graph, *, labels: str | None = None, field
     p = Path(path)
     if not p.is_file():
         raise DataError("data file not found", where=f"{field} {p}")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise DataError(f"cannot read as .npz: {e}", where=f"{field} {p}") from None
+    arrays = _read_npz(p, field)
     label_arr = None
     if labels is not None:
         if labels not in arrays:
@@ -69,6 +65,35 @@ def load_npz(path: str | Path, graph: Graph, *, labels: str | None = None, field
     ds = Dataset(inputs, label_arr, str(p))
     check_feeds(ds.inputs, graph, field=f"{field} {p.name}", batched=True)
     return ds
+
+
+def _read_npz(p: Path, field: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive, never unpickling: a DataError says what the file is instead."""
+    where = f"{field} {p}"
+    hint = "save one array per model input with numpy.savez(path, INPUT_NAME=array)"
+    with open(p, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError("is a single .npy array, not an .npz archive", where=where, hint=hint)
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        kind = "is empty" if not head else "is not an .npz archive (a zip of .npy arrays)"
+        raise DataError(kind, where=where, hint=hint)
+    arrays = {}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" in str(e):
+                        raise DataError(f"array {k!r} holds Python objects; only numeric arrays are read",
+                                        where=where, hint=hint) from None
+                    raise
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"corrupt .npz archive: {e}", where=where, hint=hint) from None
+    return arrays
 
 
 def check_feeds(feeds: Mapping[str, np.ndarray], graph: Graph, *, field: str, batched: bool) -> None:

@@ -26,6 +26,7 @@ from .backends.base import Artifact, Backend, Profile, get_backend
 from .data import Dataset, as_feeds, load_npz
 from .errors import ConfigError, DataError
 from .ir import Graph, load, to_bytes
+from .output import Staging, check_out_dir
 from .metrics import output_weights, snr_db, spearman, topk
 from .passes import cleanup
 from .plan import CANDIDATES, PrecisionPlan, QuantSettings, parse_sparsity
@@ -168,8 +169,11 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
 
 
 def compile_model(model_path: str | Path | None, target_name: str, out_dir: str | Path,
-                  options: CompileOptions | None = None, progress: Progress = lambda s: None) -> CompileResult:
-    """Compile ``model_path`` (None: the embedded default) for a target into ``out_dir``."""
+                  options: CompileOptions | None = None, progress: Progress = lambda s: None,
+                  force: bool = False) -> CompileResult:
+    """Compile ``model_path`` (None: the embedded default) for a target into ``out_dir``.
+
+    An existing ``out_dir`` is replaced only if it is an hwcompile output (or with ``force``)."""
     from .report.writer import write_outputs
 
     options = options or CompileOptions()
@@ -183,6 +187,7 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
         options = dataclasses.replace(options, calib=options.calib or d.calib,
                                       eval=options.eval or d.eval, labels=options.labels or d.labels)
     model_path = Path(model_path)
+    check_out_dir(out_dir, [model_path], force=force)  # before any work
     target = load_target(target_name)
     backend = get_backend(target.backend)
     input_hash = file_sha256(model_path) if model_path.is_file() else None
@@ -193,9 +198,8 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
         if calib is None:
             raise DataError("this precision/sparsity needs calibration data", where="--calib",
                             hint="pass --calib DATA.npz with one array per model input")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    stage = Staging(out_dir, [model_path], force=force)
+    out_dir, tmp = stage.out, stage.path
     try:
         eval_set = evald or (calib.take(min(len(calib), 64)) if calib is not None else None)
         sample = _profile_feeds(graph, eval_set, options.input_shapes)
@@ -225,12 +229,12 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
         report = _report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)
         write_outputs(tmp, artifact, plan, report, profile)
-        _publish(tmp, out_dir)
+        stage.publish()
     except BaseException:
         progress_file = tmp / "search" / "progress.json"
         if progress_file.exists():  # an interrupted search still leaves its best plan and front
             os.replace(progress_file, out_dir.parent / f"{out_dir.name}.search-progress.json")
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.discard()
         raise
     return CompileResult(out_dir=out_dir, report=report, plan=plan)
 
@@ -337,14 +341,3 @@ def _notes(artifact: Artifact, profile: Profile, graph: Graph) -> list[str]:
             notes.append(f"{what} not applied to {len(skipped)} layer(s), e.g. "
                          + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
     return notes
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place (replacing an older result only now)."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)

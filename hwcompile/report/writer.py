@@ -31,7 +31,7 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.name != "manifest.json":
             manifest[str(p.relative_to(out))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    write_text_atomic(out / "manifest.json", json.dumps({"files": manifest}, indent=2) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps({"format": "hwcompile.output/1", "files": manifest}, indent=2) + "\n")
 
 
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:
