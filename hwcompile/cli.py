@@ -67,6 +67,11 @@ def compile(
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Mixed: largest allowed metric drop."),
     repeats: int = typer.Option(50, help="Timed runs per latency measurement."),
     shape: list[str] = typer.Option([], "--shape", help="Concrete shape for a dynamic input, e.g. x=1,3,48,192."),
+    latency_table: Optional[Path] = typer.Option(
+        None, help="Replay this latency.json (from an earlier output) instead of measuring: same plan, same bytes."),
+    remeasure: bool = typer.Option(False, help="Measure every latency again (no replay from the cache or a table)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Read and write no cache (HWCOMPILE_CACHE_DIR)."),
+    calib_batch_size: int = typer.Option(4, help="Calibration samples per run (memory only; results do not change)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
     force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an hwcompile output."),
 ):
@@ -83,7 +88,8 @@ def compile(
             quant_given=frozenset({"calib_method"} if calib_method else ()),
             calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
             size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
-            input_shapes=_parse_shapes(shape))
+            input_shapes=_parse_shapes(shape), latency_table=latency_table, remeasure=remeasure,
+            use_cache=not no_cache, calib_batch_size=calib_batch_size)
         with _progress(not as_json) as step:
             return compile_model(model, target, out, opts, progress=step, force=force)
 
@@ -281,6 +287,62 @@ def check(model: Path, target: str = typer.Option("nvidia-ampere", "--target", "
         console.print(f"{model}: passes every {target} rule")
     if violations:
         raise typer.Exit(1)
+
+
+@app.command()
+def verify(folder: Path = typer.Argument(..., help="An output folder written by `compile`."),
+           as_json: bool = typer.Option(False, "--json")):
+    """Re-hash an output folder against its manifest.json; exit 3 when a file changed, is missing or was added."""
+    from .report.manifest import verify as verify_folder
+
+    res = _guard(lambda: verify_folder(folder))
+    if as_json:
+        _print_json(res)
+    else:
+        for name, state in res["files"].items():
+            if state != "ok":
+                console.print(f"{name}: {state}", highlight=False, markup=False)
+        for name in res["extra"]:
+            console.print(f"{name}: not in the manifest", highlight=False, markup=False)
+        for name, state in res["inputs"].items():
+            if state != "same":
+                console.print(f"input {name}: {state} since the build", highlight=False, markup=False)
+        console.print(f"{folder}: {'every file matches its manifest' if res['ok'] else 'DOES NOT match its manifest'}",
+                      highlight=False, markup=False)
+    if not res["ok"]:
+        raise typer.Exit(3)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The content-addressed cache (HWCOMPILE_CACHE_DIR).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(as_json: bool = typer.Option(False, "--json")):
+    """Where the cache is and what each kind of result takes."""
+    from . import cache
+
+    res = _guard(cache.info)
+    if as_json:
+        _print_json(res)
+        return
+    t = Table("kind", "files", "bytes", title=f"cache at {res['root']}")
+    for kind, v in res["kinds"].items():
+        t.add_row(kind, str(v["files"]), f"{v['bytes']:,}")
+    console.print(t)
+
+
+@cache_app.command("clear")
+def cache_clear(kind: Optional[str] = typer.Option(None, help="Only this kind (e.g. timings, calibration, tvm)."),
+                as_json: bool = typer.Option(False, "--json")):
+    """Remove cached results (all kinds, or one)."""
+    from . import cache
+
+    res = _guard(lambda: cache.clear(kind))
+    if as_json:
+        _print_json(res)
+        return
+    console.print(f"removed {res['files']} file(s), {res['bytes']:,} bytes from {res['root']}", highlight=False)
 
 
 def _parse_shapes(items: list[str]) -> dict[str, list[int]]:

@@ -45,6 +45,23 @@ class Dataset:
         for s in range(0, n, batch_size):
             yield {k: v[s:min(s + batch_size, n)] for k, v in self.inputs.items()}
 
+    def canonical(self) -> "Dataset":
+        """The same samples in an order fixed by their content (sha256 of each sample's arrays and
+        label), so nothing downstream depends on the order of the samples in the file."""
+        import hashlib
+
+        def digest(i: int) -> bytes:
+            h = hashlib.sha256()
+            for k in sorted(self.inputs):
+                h.update(np.ascontiguousarray(self.inputs[k][i]).tobytes())
+            if self.labels is not None:
+                h.update(np.ascontiguousarray(self.labels[i]).tobytes())
+            return h.digest()
+
+        order = sorted(range(len(self)), key=digest)
+        return Dataset({k: v[order] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[order], self.source)
+
     def take(self, n: int) -> "Dataset":
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[:n], self.source)

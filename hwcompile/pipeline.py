@@ -58,6 +58,10 @@ class CompileOptions:
     per_layer_profile: bool = True
     baseline: bool = True
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # concrete shapes for dynamic inputs
+    latency_table: str | Path | None = None  # a latency.json to replay (hwcompile.latency_table)
+    remeasure: bool = False              # measure every latency again instead of replaying
+    use_cache: bool = True               # False: no cache read or written (--no-cache)
+    calib_batch_size: int = 4            # samples per calibration run (memory only: results do not depend on it)
 
     def validate(self) -> None:
         if self.precision not in CANDIDATES and self.precision != "mixed":
@@ -73,6 +77,8 @@ class CompileOptions:
         budgets = [b for b in (self.latency_budget_ms, self.size_budget_mb) if b is not None]
         if any(b <= 0 for b in budgets):
             raise ConfigError("budgets must be positive", where="--latency-budget/--size-budget")
+        if self.calib_batch_size < 1:
+            raise ConfigError("must be >= 1", where="--calib-batch-size")
 
 
 @dataclass
@@ -103,9 +109,10 @@ def prepare(model_path: str | Path, options: CompileOptions, progress: Progress 
 
 
 def _dataset(spec, graph: Graph, labels: str | None, field: str) -> Dataset | None:
-    if spec is None or isinstance(spec, Dataset):
-        return spec
-    return load_npz(spec, graph, labels=labels, field=field)
+    """The data in content order (``Dataset.canonical``): results never depend on the file's sample order."""
+    if spec is None:
+        return None
+    return (spec if isinstance(spec, Dataset) else load_npz(spec, graph, labels=labels, field=field)).canonical()
 
 
 def make_plan(graph: Graph, options: CompileOptions, target: Target) -> PrecisionPlan:
@@ -173,11 +180,25 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
                   force: bool = False) -> CompileResult:
     """Compile ``model_path`` (None: the embedded default) for a target into ``out_dir``.
 
-    An existing ``out_dir`` is replaced only if it is an hwcompile output (or with ``force``)."""
-    from .report.writer import write_outputs
+    An existing ``out_dir`` is replaced only if it is an hwcompile output (or with ``force``).
+    Every latency goes through a ``LatencyTable`` (replayed from ``options.latency_table`` or the
+    cache unless ``options.remeasure``) and is written to ``latency.json``; see
+    ``hwcompile.latency_table``. With ``options.use_cache`` False no cache is read or written."""
+    from . import cache
+    from .quant.calibration import calibration_batch
 
     options = options or CompileOptions()
     options.validate()
+    with cache.disabled(not options.use_cache), calibration_batch(options.calib_batch_size):
+        return _compile_model(model_path, target_name, out_dir, options, progress, force)
+
+
+def _compile_model(model_path, target_name, out_dir, options: CompileOptions, progress: Progress,
+                   force: bool) -> CompileResult:
+    from .latency_table import LatencyTable, MeasuredBackend
+    from .report.versions import tool_versions
+    from .report.writer import write_outputs
+
     t_start = time.perf_counter()
     if model_path is None:
         from .models import default_model
@@ -190,6 +211,10 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
     check_out_dir(out_dir, [model_path], force=force)  # before any work
     target = load_target(target_name)
     backend = get_backend(target.backend)
+    fingerprint = target.fingerprint(tool_versions(backend))
+    table = (LatencyTable.load(options.latency_table, fingerprint, remeasure=options.remeasure)
+             if options.latency_table else LatencyTable(fingerprint, remeasure=options.remeasure))
+    backend = MeasuredBackend(backend, table)
     input_hash = file_sha256(model_path) if model_path.is_file() else None
     graph, pass_log, calib, evald = prepare(model_path, options, progress)
     plan = make_plan(graph, options, target)
@@ -213,10 +238,11 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
             reference = baseline.pop("_outputs", None)
             shutil.rmtree(base_dir)
         if options.precision == "mixed":
-            from .search.driver import plan_mixed
+            from .search.driver import SearchOptions, plan_mixed
 
+            # its per-candidate latency file cache is off: the latency table replays every profile instead
             plan, search_info = plan_mixed(graph, plan, target, backend, calib, eval_set, options, baseline,
-                                           reference, tmp, progress)
+                                           reference, tmp, progress, search=SearchOptions(use_cache=False))
         else:
             search_info = None
         compiled_graph, artifact = build(graph, plan, target, backend, tmp, calib, progress)
@@ -228,7 +254,13 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
         progress("report")
         report = _report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)
-        write_outputs(tmp, artifact, plan, report, profile)
+        report["measurements"] = dict(table.counts)
+        if table.pinned_fingerprint not in (None, fingerprint):
+            report.setdefault("notes", []).append(
+                f"the pinned latency table was measured on target fingerprint {table.pinned_fingerprint}, "
+                f"this one is {fingerprint}: its figures are another setup's")
+        write_outputs(tmp, artifact, plan, report, profile, table=table, options=options, model_path=model_path,
+                      target=target)
         stage.publish()
     except BaseException:
         progress_file = tmp / "search" / "progress.json"

@@ -83,3 +83,17 @@ def conv_bn_model(shared_weight: bool = False, extra_use: bool = False, opset: i
     graph = helper.make_graph(nodes, "convbn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Every test (and every CLI it starts) uses a fresh cache root, never the user's."""
+    import os
+
+    old = os.environ.get("HWCOMPILE_CACHE_DIR")
+    os.environ["HWCOMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("hwcompile-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HWCOMPILE_CACHE_DIR", None)
+    else:
+        os.environ["HWCOMPILE_CACHE_DIR"] = old

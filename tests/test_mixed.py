@@ -102,7 +102,7 @@ class SyntheticDevice(OnnxRuntimeBackend):
 
 
 def search(device, tmp_path, monkeypatch, so: SearchOptions | None = None, **opts):
-    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
     graph = from_proto(fragile_model())
     calib = Dataset({"x": np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)}, source="r")
     options = CompileOptions(precision="mixed", repeats=1, warmup=0, **opts)
@@ -362,7 +362,7 @@ def test_interrupted_search_leaves_a_result(tmp_path, monkeypatch):
 
 def test_mixed_compile_end_to_end(tmp_path, monkeypatch):
     """A real compile with labels: report sections, reasons in plan.json, logic of the choice."""
-    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
     import onnx
     import onnxruntime as ort
 
@@ -406,7 +406,7 @@ def test_latency_table_math_and_cache(tmp_path, monkeypatch):
     assert rec["layers_ms"] == pytest.approx({"conv_a": 0.5, "conv_b": 0.5, "conv_c": 0.25})
     assert rec["remainder_ms"] == pytest.approx(0.75)            # relu and the unmapped kernel, scaled
     # One build per candidate, then the cache: same figures, no per-layer profiling needed.
-    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
     dev = SyntheticDevice({"fp32": 1.0, "fp16": 0.8, "int8": 0.3}, boundary_ms=0.0)
     calib = Dataset({"x": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)}, source="r")
     feeds = {"x": calib.inputs["x"][:1]}

@@ -43,16 +43,16 @@ CROSS_CC = "aarch64-linux-gnu-g++"
 def env(tmp_path_factory):
     """Cleaned default model, its data, and the backend; tuning records go to a private cache."""
     cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("HWCOMPILE_CACHE")
-    os.environ["HWCOMPILE_CACHE"] = str(cache)
+    old = os.environ.get("HWCOMPILE_CACHE_DIR")
+    os.environ["HWCOMPILE_CACHE_DIR"] = str(cache)
     d = default_model()
     graph, _, calib, evald = prepare(d.model, CompileOptions(calib=d.calib, eval=d.eval, labels=d.labels))
     yield {"graph": graph, "calib": calib, "eval": evald, "backend": get_backend("tvm"),
            "target": load_target("x86-tvm"), "tmp": tmp_path_factory.mktemp("tvm"), "cache": cache}
     if old is None:
-        os.environ.pop("HWCOMPILE_CACHE", None)
+        os.environ.pop("HWCOMPILE_CACHE_DIR", None)
     else:
-        os.environ["HWCOMPILE_CACHE"] = old
+        os.environ["HWCOMPILE_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")

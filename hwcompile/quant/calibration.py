@@ -8,6 +8,8 @@ hash and the data, so the mixed-precision search never recollects them.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
@@ -23,9 +25,21 @@ from .compensate import HessianAccumulator
 from .observers import TensorStats, calibrate_range
 from .qparams import qparams_from_range
 
-__all__ = ["Calibration", "calibrate", "im2col"]
+__all__ = ["Calibration", "calibrate", "calibration_batch", "im2col"]
 
 MAX_ROWS_PER_BATCH = 4096
+_BATCH = contextvars.ContextVar("hwcompile_calibration_batch", default=4)
+
+
+@contextlib.contextmanager
+def calibration_batch(n: int):
+    """Within the block ``calibrate`` runs ``n`` samples at a time (memory vs speed only: histograms are
+    exactly mergeable and channel means are summed sample by sample, so results do not depend on ``n``)."""
+    token = _BATCH.set(int(n))
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
 
 
 @dataclass
@@ -64,9 +78,10 @@ def activation_tensors(graph: Graph) -> list[str]:
 
 
 def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.Node], settings: QuantSettings,
-              *, cache: dict | None = None, limit: int | None = 256, batch_size: int = 4) -> Calibration:
+              *, cache: dict | None = None, limit: int | None = 256, batch_size: int | None = None) -> Calibration:
     """Statistics for all float activations (cached); ``tensors`` must be among them."""
     cache = cache if cache is not None else {}
+    batch_size = batch_size or _BATCH.get()
     key = graph_key(graph, data, settings, str(limit))
     if key in cache:  # statistics do not depend on the observer: apply this call's settings to them
         return dataclasses.replace(cache[key], settings=settings)
@@ -86,7 +101,12 @@ def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.N
             x = np.asarray(x, dtype=np.float64)
             axis = 1 if n.op_type in ("Conv", "ConvTranspose") else x.ndim - 1
             red = tuple(i for i in range(x.ndim) if i != axis)
-            sums[n.name] = sums.get(n.name, 0) + x.sum(axis=red)
+            # per sample, then added sample by sample: the sum does not depend on how samples were batched
+            rows = [x] if axis == 0 else x.sum(axis=tuple(i for i in red if i != 0))   # [samples, channels]
+            total = sums.get(n.name, 0)
+            for row in rows:
+                total = total + row
+            sums[n.name] = total
             counts[n.name] = counts.get(n.name, 0) + int(np.prod([x.shape[i] for i in red]))
             if n.name in hess:
                 hess[n.name].update(_layer_rows(n, x))

@@ -53,6 +53,8 @@ def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndar
     names nothing runs and ``visit`` sees the inputs only."""
     sess = session if session is not None else (session_with_outputs(graph, names) if names else None)
     batch_size = graph.fixed_batch() or batch_size  # a fixed-batch export takes exactly that many per run
+    if limit is not None and hasattr(data, "take"):
+        data = data.take(limit)    # the same samples whatever the batch size
     seen = 0
     for batch in iterate(data, batch_size):
         feeds = as_feeds(batch, graph)

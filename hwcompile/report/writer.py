@@ -3,7 +3,6 @@ and ``manifest.json`` (sha256 of every file). Every file is written atomically."
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -23,15 +22,34 @@ def _json_default(o: Any):
     return str(o)
 
 
-def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profile) -> None:
+def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profile, *, table=None, options=None,
+                  model_path: Path | None = None, target=None) -> None:
+    """plan.json, report.json (no measured times), timings.json, latency.json, config.json, report.html and
+    manifest.json (inputs, tools, target, the sha256 of every file), each written atomically."""
+    from .manifest import input_entry, model_entry, write_manifest
+    from .timings import split
+
     plan.save(out / "plan.json")
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    stable, times = split(report)
+    write_text_atomic(out / "report.json", json.dumps(stable, indent=2, default=_json_default) + "\n")
+    write_text_atomic(out / "timings.json", json.dumps(times, indent=2, default=_json_default) + "\n")
+    if table is not None:
+        write_text_atomic(out / "latency.json", table.to_json())
+    inputs: dict = {}
+    if options is not None:
+        from ..config import effective_config
+
+        write_text_atomic(out / "config.json", json.dumps(effective_config(options), indent=2, sort_keys=True) + "\n")
+        inputs = {"calib": input_entry(options.calib), "eval": input_entry(options.eval),
+                  "config": {"file": "config.json", "sha256": input_entry(out / "config.json")["sha256"]},
+                  "latency_table": input_entry(options.latency_table)}
+    if model_path is not None:
+        inputs["model"] = model_entry(Path(model_path))
+    if target is not None:
+        inputs["target"] = input_entry(target.path) if target.path else None
     write_text_atomic(out / "report.html", render_html(report))
-    manifest = {}
-    for p in sorted(out.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            manifest[str(p.relative_to(out))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    write_text_atomic(out / "manifest.json", json.dumps({"format": "hwcompile.output/1", "files": manifest}, indent=2) + "\n")
+    write_manifest(out, inputs={k: v for k, v in inputs.items() if v is not None}, tools=report.get("versions", {}),
+                   target={"name": report["target"]["name"], "fingerprint": report["target"].get("fingerprint")})
 
 
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:

@@ -18,7 +18,7 @@ misses (conversions at boundaries between precisions, fusion changes) is correct
 builds by the driver.
 
 Results are cached as JSON at ``<cache>/latency/<target fingerprint>-<model sha>.json`` where
-``<cache>`` is ``$HWCOMPILE_CACHE`` or ``~/.cache/hwcompile``; the fingerprint covers the device,
+``<cache>`` is ``hwcompile.cache.cache_root()``; the fingerprint covers the device,
 its settings and tool versions, so a cached figure is only reused on the same setup. Writes are
 atomic; an unreadable cache file is ignored and rewritten.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +87,10 @@ class LatencyTable:
 def cache_path(target: Target, backend: Backend, graph: Graph) -> Path:
     from ..report.versions import tool_versions
 
-    root = Path(os.environ.get("HWCOMPILE_CACHE") or Path.home() / ".cache" / "hwcompile")
+    from ..cache import kind_dir
+
     model = hashlib.sha256(to_bytes(graph)).hexdigest()[:16]
-    return root / "latency" / f"{target.fingerprint(tool_versions(backend))}-{model}.json"
+    return kind_dir("latency") / f"{target.fingerprint(tool_versions(backend))}-{model}.json"
 
 
 def record_from_profile(graph: Graph, profile: Profile) -> dict:
@@ -117,6 +117,9 @@ def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: 
     """
     from ..pipeline import build
 
+    from ..cache import enabled
+
+    use_cache = use_cache and enabled()
     path = cache_path(target, backend, graph)
     stored = _read(path) if use_cache else {}
     table = LatencyTable(path=str(path))
@@ -143,7 +146,8 @@ def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: 
             rec = record_from_profile(graph, prof)
             table.add(cand.name, rec)
             stored[cand.name] = rec
-            _write(path, stored)
+            if use_cache:
+                _write(path, stored)
         else:  # keep the cached split, rescaled to today's end-to-end measurement
             table.add(cand.name, _rescaled(hit, prof.timing.latency_ms, prof.timing.latency_ms_spread))
         if visit is not None:
@@ -155,8 +159,8 @@ def _median_layers(first: Profile, more: list[Profile]) -> Profile:
     """``first`` (its end-to-end timing) with per-layer and unmapped times the median over all profiles."""
     profs = [first] + more
     med = lambda key, attr: float(np.median([getattr(p, attr).get(key, 0.0) for p in profs]))
-    layers = {k: med(k, "layers_ms") for k in set().union(*(p.layers_ms for p in profs))}
-    unmapped = {k: med(k, "unmapped_ms") for k in set().union(*(p.unmapped_ms for p in profs))}
+    layers = {k: med(k, "layers_ms") for k in sorted(set().union(*(p.layers_ms for p in profs)))}
+    unmapped = {k: med(k, "unmapped_ms") for k in sorted(set().union(*(p.unmapped_ms for p in profs)))}
     return Profile(timing=first.timing, layers_ms=layers, unmapped_ms=unmapped, info=first.info)
 
 

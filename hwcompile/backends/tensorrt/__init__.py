@@ -120,9 +120,9 @@ def _sparse_layers(graph: Graph, plan: PrecisionPlan) -> set[str]:
 def _cache_path(name: str | None) -> Path | None:
     if not name:
         return None
-    import os
+    from ...cache import kind_dir
 
-    base = Path(os.environ.get("HWCOMPILE_CACHE", Path.home() / ".cache" / "hwcompile")) / "tensorrt"
+    base = kind_dir("tensorrt")
     base.mkdir(parents=True, exist_ok=True)
     return base / name
 

@@ -8,7 +8,7 @@ compiler when it has one). Dynamic input dimensions stay symbolic (Relax compile
 kernels), so one library serves every batch size; tuning needs static shapes.
 
 Tuning (``tune_trials > 0``) runs MetaSchedule on the fused kernels and commits every measured
-record to a JSON database under ``$HWCOMPILE_CACHE/tvm/<fingerprint>/`` as it goes, so an
+record to a JSON database under ``<hwcompile cache root>/tvm/<fingerprint>/`` as it goes, so an
 interrupted or finished run is never lost and later builds (any model, same device and tools)
 reuse it: the database is applied whenever it exists, with or without new trials.
 """
@@ -198,8 +198,9 @@ def tuning_dir(target: Target, versions: dict[str, str]) -> Path:
     """Where this device's tuning database lives; the trial budget is not part of the key."""
     settings = {k: v for k, v in target.settings.items() if not k.startswith("tune_") and not k.startswith("rpc_")}
     fp = dataclasses.replace(target, settings=settings).fingerprint(versions)
-    base = Path(os.environ.get("HWCOMPILE_CACHE", Path.home() / ".cache" / "hwcompile"))
-    return base / "tvm" / fp
+    from ...cache import kind_dir
+
+    return kind_dir("tvm") / fp
 
 
 def prepare_relax(mod, target, *, int8_kernels: bool = False, report: dict | None = None):

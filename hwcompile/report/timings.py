@@ -1,0 +1,77 @@
+"""The report's measured times live apart from the rest, so ``report.json`` is reproducible.
+
+``report.json`` is a function of the inputs, the configuration, the tool versions, the target
+and the latency table (``latency.json``): the same inputs give the same bytes. What the final
+measurement of the baseline and the compiled build found (end-to-end latency and its spread,
+per-layer and per-kernel times, the speed-up) and how long the compile took go to
+``timings.json``. ``split`` separates a full report, ``merge`` puts an output folder's two
+files back together (what ``compare`` and the gates read).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT", "split", "merge", "read_report"]
+
+FORMAT = "hwcompile.timings/1"
+_RUN_KEYS = ("latency_ms", "latency_ms_spread", "timing")
+_TOP_KEYS = ("speedup", "unmapped_kernels_ms", "kernels", "seconds", "measurements")
+
+
+def split(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report without measured times, the times) from a full report (module docstring)."""
+    stable = copy.deepcopy(report)
+    times: dict[str, Any] = {"format": FORMAT}
+    for run in ("baseline", "compiled"):
+        part = stable.get(run)
+        if isinstance(part, dict):
+            times[run] = {k: part.pop(k) for k in _RUN_KEYS if k in part}
+    for k in _TOP_KEYS:
+        if k in stable:
+            times[k] = stable.pop(k)
+    layers = {}
+    for lid, entry in (stable.get("layers") or {}).items():
+        if isinstance(entry, dict) and "latency_ms" in entry:
+            layers[lid] = entry.pop("latency_ms")
+    times["layers_ms"] = layers
+    return stable, times
+
+
+def merge(stable: dict[str, Any], times: dict[str, Any] | None) -> dict[str, Any]:
+    """The full report again (``split``'s inverse)."""
+    full = copy.deepcopy(stable)
+    if not times:
+        return full
+    for run in ("baseline", "compiled"):
+        if isinstance(full.get(run), dict):
+            full[run].update(times.get(run) or {})
+    for k in _TOP_KEYS:
+        if k in times:
+            full[k] = times[k]
+    for lid, ms in (times.get("layers_ms") or {}).items():
+        full.setdefault("layers", {}).setdefault(lid, {"op": "?", "params": 0, "flops": 0})["latency_ms"] = ms
+    return full
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """The full report of an output folder (or of a ``report.json`` path with ``timings.json`` beside it)."""
+    from ..errors import ConfigError
+
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    rep_path = folder / "report.json" if p.is_dir() else p
+    try:
+        stable = json.loads(rep_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("no report.json: not an hwcompile output folder", where=str(p)) from None
+    except ValueError as e:
+        raise ConfigError(f"not valid JSON: {e}", where=str(rep_path)) from None
+    t = folder / "timings.json"
+    try:
+        times = json.loads(t.read_text()) if t.is_file() else None
+    except ValueError as e:
+        raise ConfigError(f"not valid JSON: {e}", where=str(t)) from None
+    return merge(stable, times)
