@@ -9,12 +9,12 @@ __all__ = ["effective_config"]
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "inputs") and hasattr(value, "batches"):   # an in-memory Dataset
+    if hasattr(value, "inputs") and hasattr(value, "batches"):   # an in-memory Dataset: its digest
         from .report.manifest import input_entry
 
         return input_entry(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (set, frozenset)):
