@@ -1,9 +1,9 @@
 """Import: ONNX file or proto -> Graph, safely.
 
 Preserves what the model computes. Steps: read (refusing missing, truncated and non-ONNX files),
-check external-data locations stay inside the model's folder (no ``..``, absolute paths or
-symlinks: onnx CVE-2022-25882, CVE-2024-27318, CVE-2026-27489; onnx_ir skips these checks when its
-base_dir is empty, so we check before anything loads), ``onnx.checker``, refuse ops no schema
+check external-data locations, tensor sizes and graph caps (``safety``: onnx CVE-2022-25882,
+CVE-2024-27318, CVE-2026-27489; onnx_ir skips the location checks when its base_dir is empty, so we
+check before anything loads; external tensors stay memory-mapped), ``onnx.checker``, refuse ops no schema
 knows (naming the node), convert opsets older than ``MIN_OPSET`` with onnx's version converter,
 infer shapes, lift initializers out of graph inputs (IR < 4 style), and give every node a unique,
 stable name: its layer id.
@@ -20,6 +20,7 @@ from onnx import external_data_helper, shape_inference, version_converter
 
 from ..errors import ModelLoadError, UnsupportedError
 from .graph import Graph
+from .safety import attach_external, check_proto
 
 __all__ = ["load", "from_proto", "MIN_OPSET", "CONTROL_FLOW_OPS"]
 
@@ -45,42 +46,18 @@ def load(path: str | os.PathLike) -> Graph:
         raise ModelLoadError(f"not a valid ONNX model (truncated or corrupt protobuf: {e})", where=str(p)) from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelLoadError("not an ONNX model (no graph or no nodes)", where=str(p))
-    _load_external_data(proto, p.parent.resolve(), str(p))
-    return from_proto(proto, source=str(p))
+    graph = from_proto(proto, source=str(p), path=p)
+    attach_external(graph.model, Path(os.path.realpath(p.parent)))
+    return graph
 
 
-def _load_external_data(proto: onnx.ModelProto, base: Path, where: str) -> None:
-    tensors = [t for t in external_data_helper._get_all_tensors(proto) if external_data_helper.uses_external_data(t)]
-    for t in tensors:
-        info = {e.key: e.value for e in t.external_data}
-        loc = info.get("location", "")
-        bad = (not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ".." in Path(loc).parts
-               or ":" in loc)
-        if not bad:
-            cur = base
-            for part in Path(loc).parts:
-                cur = cur / part
-                if cur.is_symlink():
-                    bad = True
-                    break
-            bad = bad or not str(cur.resolve()).startswith(str(base) + os.sep)
-        if bad:
-            raise ModelLoadError(
-                f"external data location {loc!r} of tensor '{t.name}' leaves the model's folder or is a symlink",
-                where=where, hint="store external data as plain files beside the model")
-        if not (base / loc).is_file():
-            raise ModelLoadError(f"external data file {loc!r} of tensor '{t.name}' is missing", where=where)
-    if tensors:
-        try:
-            external_data_helper.load_external_data_for_model(proto, str(base))
-        except Exception as e:  # truncated external file and the like
-            raise ModelLoadError(f"cannot read external data: {e}", where=where) from None
-
-
-def from_proto(proto: onnx.ModelProto, *, source: str = "", normalize: bool = True) -> Graph:
-    """ModelProto -> Graph. With ``normalize`` the model is checked, converted and renamed."""
+def from_proto(proto: onnx.ModelProto, *, source: str = "", normalize: bool = True,
+               path: Path | None = None) -> Graph:
+    """ModelProto -> Graph. With ``normalize`` the model is checked, converted and renamed
+    (``path``: the file it was read from, where onnx's checker finds its external data)."""
     if normalize:
-        proto = _check_and_convert(proto, source)
+        check_proto(proto, None if path is None else Path(os.path.realpath(Path(path).parent)), source)
+        proto = _check_and_convert(proto, source, path)
     model = ir.from_proto(proto)
     graph = Graph(model=model, source=source)
     if normalize:
@@ -89,9 +66,11 @@ def from_proto(proto: onnx.ModelProto, *, source: str = "", normalize: bool = Tr
     return graph
 
 
-def _check_and_convert(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+def _check_and_convert(proto: onnx.ModelProto, where: str, path: Path | None = None) -> onnx.ModelProto:
+    external = path is not None and any(external_data_helper.uses_external_data(t)
+                                        for t in external_data_helper._get_all_tensors(proto))
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if external else proto)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ModelLoadError(f"ONNX checker rejected the model: {first}", where=where) from None
