@@ -72,16 +72,25 @@ def compile(
     remeasure: bool = typer.Option(False, help="Measure every latency again (no replay from the cache or a table)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Read and write no cache (HWCOMPILE_CACHE_DIR)."),
     calib_batch_size: int = typer.Option(4, help="Calibration samples per run (memory only; results do not change)."),
+    recover_steps: int = typer.Option(0, help="Recovery training steps after the passes (0 = off; needs hwcompile[train])."),
+    recover_minutes: float = typer.Option(0.0, help="Recovery training time budget in minutes (0 = none)."),
+    recover_data: Optional[Path] = typer.Option(None, help=".npz of model inputs to train on (default: --calib); "
+                                                           "labels from the --labels array when it has one."),
+    recover: str = typer.Option("distill", "--recover", help="distill | block (recovery mode)"),
+    recover_lr: float = typer.Option(1e-4, help="Recovery learning rate (Adam)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
     force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an hwcompile output."),
 ):
     """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
     from .pipeline import CompileOptions, compile_model
     from .plan import QuantSettings
+    from .recover.settings import RecoverSettings
     from .report.writer import summary_rows
 
     def run():
         opts = CompileOptions(
+            recover=RecoverSettings(steps=recover_steps, minutes=recover_minutes, mode=recover, lr=recover_lr),
+            recover_data=recover_data,
             precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
             quant=QuantSettings(calib_method=calib_method or "minmax", compensation=compensation,
                                 per_channel=not per_tensor, embeddings=embeddings),

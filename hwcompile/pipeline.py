@@ -30,6 +30,7 @@ from .output import Staging, check_out_dir
 from .metrics import output_weights, snr_db, spearman, topk
 from .passes import cleanup
 from .plan import CANDIDATES, PrecisionPlan, QuantSettings, parse_sparsity
+from .recover.settings import RecoverSettings
 from .targets import Target, load_target
 
 __all__ = ["CompileOptions", "CompileResult", "compile_model", "build", "evaluate", "prepare"]
@@ -62,6 +63,8 @@ class CompileOptions:
     remeasure: bool = False              # measure every latency again instead of replaying
     use_cache: bool = True               # False: no cache read or written (--no-cache)
     calib_batch_size: int = 4            # samples per calibration run (memory only: results do not depend on it)
+    recover: RecoverSettings = field(default_factory=RecoverSettings)   # recovery training (off by default)
+    recover_data: str | Path | Dataset | None = None                    # default: the calibration data
 
     def validate(self) -> None:
         if self.precision not in CANDIDATES and self.precision != "mixed":
@@ -143,12 +146,18 @@ def needs_calibration(plan: PrecisionPlan, graph: Graph) -> bool:
 
 
 def build(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, out_dir: Path,
-          calib: Dataset | None, progress: Progress = lambda s: None, cache: dict | None = None) -> tuple[Graph, Artifact]:
-    """Apply the plan's pruning and quantization passes to a copy of ``graph`` and lower it."""
+          calib: Dataset | None, progress: Progress = lambda s: None, cache: dict | None = None,
+          recovery: tuple[RecoverSettings, Dataset] | None = None) -> tuple[Graph, Artifact]:
+    """Apply the plan's pruning and quantization passes to a copy of ``graph``, train it back toward
+    ``graph`` when ``recovery`` = (settings, data) is given, and lower it."""
     from .transform import apply_plan
 
     progress("apply plan")
     g = apply_plan(graph.clone(), plan, backend.qdq_style(target), calib, cache=cache)
+    if recovery is not None and recovery[0].enabled:
+        from .recover import recover_compiled
+
+        g = recover_compiled(g, graph, plan, recovery[0], recovery[1], progress)
     progress(f"lower ({backend.name})")
     return g, backend.lower(g, plan, target, out_dir)
 
@@ -223,6 +232,7 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         if calib is None:
             raise DataError("this precision/sparsity needs calibration data", where="--calib",
                             hint="pass --calib DATA.npz with one array per model input")
+    recovery = _recovery(graph, options, calib)
     stage = Staging(out_dir, [model_path], force=force)
     out_dir, tmp = stage.out, stage.path
     try:
@@ -245,7 +255,7 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
                                            reference, tmp, progress, search=SearchOptions(use_cache=False))
         else:
             search_info = None
-        compiled_graph, artifact = build(graph, plan, target, backend, tmp, calib, progress)
+        compiled_graph, artifact = build(graph, plan, target, backend, tmp, calib, progress, recovery=recovery)
         compiled = _measure(backend, artifact, target, graph, sample, eval_set, reference, options, progress)
         compiled.pop("_outputs", None)
         profile = compiled.pop("_profile")
@@ -254,6 +264,8 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         progress("report")
         report = _report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)
+        if "recovery" in compiled_graph.meta:
+            report["recovery"] = compiled_graph.meta["recovery"]
         report["measurements"] = dict(table.counts)
         if table.pinned_fingerprint not in (None, fingerprint):
             report.setdefault("notes", []).append(
@@ -269,6 +281,33 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         stage.discard()
         raise
     return CompileResult(out_dir=out_dir, report=report, plan=plan)
+
+
+def _recovery(graph: Graph, options: CompileOptions, calib: Dataset | None):
+    """(settings, data) for recovery training, or None when it is off. Checked before any output is
+    written: torch importable, data present and matching the model's inputs (labels from the array
+    ``--labels`` names, when the recovery file has one)."""
+    if not options.recover.enabled:
+        return None
+    from .recover import require_torch
+
+    require_torch()
+    data = options.recover_data
+    if data is not None and not isinstance(data, Dataset):
+        p = Path(data)
+        labels = None
+        if options.labels and p.is_file():
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    labels = options.labels if options.labels in z.files else None
+            except Exception:
+                labels = None                      # load_npz below names the file it cannot read
+        data = load_npz(p, graph, labels=labels, field="--recover-data")
+    data = data if data is not None else calib
+    if data is None:
+        raise DataError("recovery training needs data", where="--recover-data",
+                        hint="pass --recover-data DATA.npz (model inputs) or --calib")
+    return options.recover, data
 
 
 def _profile_feeds(graph: Graph, data: Dataset | None, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
