@@ -42,7 +42,8 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
         write_text_atomic(out / "config.json", json.dumps(effective_config(options), indent=2, sort_keys=True) + "\n")
         inputs = {"calib": input_entry(options.calib), "eval": input_entry(options.eval),
                   "config": {"file": "config.json", "sha256": input_entry(out / "config.json")["sha256"]},
-                  "latency_table": input_entry(options.latency_table)}
+                  "latency_table": input_entry(options.latency_table),
+                  "recover_data": input_entry(getattr(options, "recover_data", None))}
     if model_path is not None:
         inputs["model"] = model_entry(Path(model_path))
     if target is not None:
