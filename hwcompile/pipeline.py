@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError
 from .ir import Graph, load, to_bytes
 from .output import Staging, check_out_dir
 from .metrics import output_weights, snr_db, spearman, topk
-from .passes import cleanup
+from .passes import cleanup, deployment_shapes, specialize_and_fold
 from .plan import CANDIDATES, PrecisionPlan, QuantSettings, parse_sparsity
 from .recover.settings import RecoverSettings
 from .targets import Target, load_target
@@ -108,6 +108,10 @@ def prepare(model_path: str | Path, options: CompileOptions, progress: Progress 
     graph = cleanup(graph, log=log)
     calib = _dataset(options.calib, graph, None, "--calib")
     evald = _dataset(options.eval, graph, options.labels, "--eval")
+    progress("shape specialization, attention-mask and NaN-guard folding")
+    data = calib or evald
+    graph = specialize_and_fold(graph, deployment_shapes(graph, options.input_shapes, data.inputs if data else None),
+                                log=log)
     return graph, log, calib, evald
 
 
@@ -386,6 +390,9 @@ def _report(model_path, input_hash, target, backend, graph, compiled_graph, plan
         "unmapped_kernels_ms": profile.unmapped_ms,
         "kernels": profile.info.get("kernels", [])[:50],
         "passes": pass_log,
+        "specialization": {"shapes": graph.meta.get("shape_specialization"),
+                           "attention_masks": graph.meta.get("attention_masks"),
+                           "nan_guards_declined": graph.meta.get("nan_guards_declined") or {}},
         "artifact": {"files": artifact.files, **{k: v for k, v in artifact.info.items() if k != "session"}},
         "compiled_ops": model_summary(compiled_graph)["ops"],
         "versions": {"hwcompile": __version__, **tool_versions(backend)},
