@@ -33,10 +33,9 @@ CONST_LIMIT = 16      # constants up to this many elements are merged by value (
 def fold_attention_mask(graph: Graph) -> PassResult:
     before_nodes = graph.main.num_nodes()
     before = attention_masks(graph)
-    if not before:      # no masked attention: leave every other graph as it is
-        return PassResult(graph, False, {})
-    DeduplicateInitializersPass(size_limit=CONST_LIMIT)(graph.model)
-    CommonSubexpressionEliminationPass(size_limit=CONST_LIMIT)(graph.model)
+    if before:          # no masked attention: leave every other graph as it is
+        DeduplicateInitializersPass(size_limit=CONST_LIMIT)(graph.model)
+        CommonSubexpressionEliminationPass(size_limit=CONST_LIMIT)(graph.model)
     after = attention_masks(graph)
     declined = {s.name: r for s in _softmax_sites(graph) if (r := check_attention_mask(s))}
     record = graph.meta.setdefault("attention_masks", {"distinct_before": len({id(m) for m in before.values()})})
@@ -73,16 +72,19 @@ def _softmax_sites(graph: Graph) -> list[ir.Node]:
 
 
 def split_scores(x: ir.Value) -> tuple[ir.Value | None, ir.Value | None]:
-    """(scores, additive mask or None) for ``x = scores [+ mask]``, scores MatMul-derived."""
+    """(scores, additive mask or None) for ``x = scores [+ mask]``, the scores a MatMul scaled by
+    constants and/or plus a constant bias (e.g. MPNet's relative-position bias, once specialized)."""
     def is_scores(v: ir.Value) -> bool:
         prod = v.producer()
-        for _ in range(3):
+        for _ in range(4):
             if prod is None:
                 return False
             if prod.op_type == "MatMul":
                 return True
-            if prod.op_type in _SCALE_OPS and is_constant(prod.inputs[1]) and np.all(np.isfinite(const_array(prod.inputs[1]))):
-                prod = prod.inputs[0].producer()
+            const = [i for i in prod.inputs if is_constant(i)]
+            if prod.op_type in _SCALE_OPS + ("Add",) and len(const) == 1 and np.all(np.isfinite(const_array(const[0]))) \
+                    and (prod.op_type != "Div" or const[0] is prod.inputs[1]):   # a scale, or a constant bias
+                prod = next(i for i in prod.inputs if i is not const[0]).producer()
             else:
                 return False
         return False
