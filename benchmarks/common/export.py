@@ -152,10 +152,12 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
-def export_minilm(path: str | Path, seq_len: int = 128) -> Path:
+def export_minilm(path: str | Path, seq_len: int = 128, attn: str = "eager") -> Path:
     """Write all-MiniLM-L6-v2 to ``path``: int64 inputs ``input_ids``, ``attention_mask``,
     ``token_type_ids`` [N, seq_len] (batch dim dynamic), float output ``last_hidden_state``
-    [N, seq_len, 384]. Feed it what ``minilm_tokenize(..., seq_len)`` returns."""
+    [N, seq_len, 384]. Feed it what ``minilm_tokenize(..., seq_len)`` returns. ``attn`` is the
+    transformers attention implementation: "eager" (explicit softmax) or "sdpa" (the library's
+    default; the exporter writes it with a -inf mask per layer and a NaN guard after each softmax)."""
     import torch
 
     d = _minilm_dir()
@@ -163,7 +165,7 @@ def export_minilm(path: str | Path, seq_len: int = 128) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    bert = AutoModel.from_pretrained(str(d), local_files_only=True, attn_implementation="eager")
+    bert = AutoModel.from_pretrained(str(d), local_files_only=True, attn_implementation=attn)
     bert.eval()
 
     class Wrapper(torch.nn.Module):
@@ -185,10 +187,10 @@ def export_minilm(path: str | Path, seq_len: int = 128) -> Path:
     return path
 
 
-def cached_minilm(seq_len: int = 128) -> Path:
-    """``benchmarks/.cache/minilm_l6_s{seq_len}.onnx``, exported on first use."""
-    path = CACHE_DIR / f"minilm_l6_s{seq_len}.onnx"
-    return path if path.is_file() else export_minilm(path, seq_len)
+def cached_minilm(seq_len: int = 128, attn: str = "eager") -> Path:
+    """``benchmarks/.cache/minilm_l6_s{seq_len}.onnx`` (``_sdpa`` appended for that attention), exported on first use."""
+    path = CACHE_DIR / f"minilm_l6_s{seq_len}{'' if attn == 'eager' else '_' + attn}.onnx"
+    return path if path.is_file() else export_minilm(path, seq_len, attn)
 
 
 def minilm_tokenize(sentences: Sequence[str], seq_len: int = 128) -> dict[str, np.ndarray]:
