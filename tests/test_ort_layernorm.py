@@ -37,8 +37,13 @@ def block_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _lower(tmp_path, monkeypatch, slower: bool):
-    monkeypatch.setattr(ln, "skip_layernorm_is_slower", lambda shape, threads: (slower, 300.0, 90.0))
+def _lower(tmp_path, monkeypatch, slower: bool, timed: list | None = None):
+    def measured(fused, unfused, threads):
+        if timed is not None:
+            timed.append((fused, unfused))
+        return slower, 3.0, 0.9
+
+    monkeypatch.setattr(ln, "whole_model_fused_is_slower", measured)
     graph = from_proto(block_model())
     art = OnnxRuntimeBackend().lower(graph, PrecisionPlan.uniform("fp32"), load_target("host-cpu"), tmp_path / "a")
     return graph, art
@@ -52,14 +57,21 @@ def test_only_the_residual_add_into_layernorm_is_found():
 
 @pytest.mark.parametrize("slower", [True, False])
 def test_rewrite_follows_the_measurement_and_preserves_outputs(tmp_path, monkeypatch, slower):
-    graph, art = _lower(tmp_path, monkeypatch, slower)
+    timed = []
+    graph, art = _lower(tmp_path, monkeypatch, slower, timed)
+    (fused, unfused), = timed       # one end-to-end comparison: the model with Add against the one with Sum
+    op_of = lambda m: {n.name: n.op_type for n in onnx.load_from_string(m).graph.node}
+    assert op_of(fused)["residual_add"] == "Add" and op_of(unfused)["residual_add"] == "Sum"
+    assert {k: v for k, v in op_of(fused).items() if k != "residual_add"} == \
+        {k: v for k, v in op_of(unfused).items() if k != "residual_add"}
     saved = onnx.load(art.path("model"))
     ops = {n.name: n.op_type for n in saved.graph.node}
     assert ops["residual_add"] == ("Sum" if slower else "Add")
     assert ops["bias_add"] == "Add" and ops["shared_add"] == "Add"
     assert graph.node("residual_add").op_type == "Add"          # the caller's graph is restored
     assert art.info["skip_layernorm"]["rewritten"] == int(slower)
-    assert art.info["skip_layernorm"]["measured"] == {f"1x{S}x{H}": {"fused_us": 300.0, "unfused_us": 90.0}}
+    assert art.info["skip_layernorm"]["end_to_end"] == {"fused_ms": 3.0, "unfused_ms": 0.9}
+    assert art.info["skip_layernorm"]["candidates"] == 1
     x = {"x": np.random.default_rng(1).standard_normal((1, S, H)).astype(np.float32)}
     ref = ort.InferenceSession(block_model().SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
     out = OnnxRuntimeBackend().load(art, load_target("host-cpu"))(x)[0]
@@ -82,3 +94,11 @@ def test_measurement_returns_both_timings():
     assert isinstance(slower, bool) and fused > 0 and unfused > 0
     assert slower == (fused > ln.SLOWER_BY * unfused)
 
+
+
+def test_whole_model_measurement_compares_the_two_models():
+    fused = block_model().SerializeToString()
+    m = block_model()
+    next(n for n in m.graph.node if n.name == "residual_add").op_type = "Sum"
+    slower, f, u = ln.whole_model_fused_is_slower(fused, m.SerializeToString(), 1, rounds=2, runs=3)
+    assert f > 0 and u > 0 and slower == (f > u)

@@ -298,3 +298,33 @@ def test_pipeline_specializes_with_shape_and_data_and_says_so(tmp_path):
 def test_pipeline_without_shapes_keeps_the_dynamic_build(tmp_path):
     spec = _compile(tmp_path, {})["specialization"]
     assert spec["shapes"]["build"] == "dynamic" and "x" in spec["shapes"]["reason"]
+
+
+# -- INT8 attention products -------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", [("qk",), ("qk", "pv")])
+def test_attention_products_in_dynamic_int8(which):
+    from hwcompile.passes.quantize_attention import attention_matmuls, quantize_attention
+
+    proto = tiny_encoder(guard=False)
+    graph = cleanup(from_proto(proto))
+    sites = attention_matmuls(graph)
+    assert len(sites["qk"]) == len(sites["pv"]) == LAYERS
+    assert all(m.inputs[1].producer().op_type == "Transpose" for m in sites["qk"])     # K^T, not a weight
+    graph = run_passes(graph, [lambda g: quantize_attention(g, which)], max_rounds=1)
+    graph.lint()
+    assert ops(graph).count("MatMulInteger") == LAYERS * len(which)
+    assert ops(graph).count("MatMul") == 4 * LAYERS + 2 * LAYERS - LAYERS * len(which)   # weight GEMMs untouched
+    for feeds in batches()[:2]:
+        ref = run(proto.SerializeToString(), feeds)
+        out = run(to_bytes(graph), feeds)
+        snr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - out) ** 2))
+        assert 20 < snr < 200, snr       # quantized (not exact), and close
+
+
+def test_attention_int8_declines_a_weight_matmul():
+    from hwcompile.passes.quantize_attention import check_attention_matmul
+
+    graph = cleanup(from_proto(tiny_encoder()))
+    weight_mm = graph.layers()[0]
+    assert "constant" in check_attention_matmul(weight_mm)

@@ -4,7 +4,7 @@ Lowering writes ``model.onnx`` (Q/DQ as the quantize pass placed them; onnxrunti
 optimizer fuses DQ -> op -> Q into integer kernels such as QLinearConv and MatMulIntegerToFloat)
 and ``session.json`` with the session settings the target asks for. On the CPU provider, residual
 Adds feeding a LayerNormalization are written as Sum where onnxruntime's fused SkipLayerNormalization
-measures slower on this machine (``ort_layernorm``; target setting ``unfuse_slow_skip_layernorm``). Profiling times whole runs,
+makes the whole model faster on this machine (``ort_layernorm``; target setting ``unfuse_slow_skip_layernorm``). Profiling times whole runs,
 then runs onnxruntime's own profiler and maps its kernel events back to layer ids. onnxruntime
 renames and fuses nodes, so mapping tries, in order: the exact node name; the node our passes
 inserted it for (``hwcompile.serves``); the original producer of any output value of the
@@ -124,7 +124,7 @@ class OnnxRuntimeBackend(Backend):
             with sum_for_slow_skip_layernorm(graph, settings["intra_op_num_threads"],
                                              _LEVELS[settings["graph_optimization_level"]]) as record:
                 save(graph, out_dir / "model.onnx")
-            if record["measured"]:
+            if record["candidates"]:
                 info["skip_layernorm"] = record
         else:
             save(graph, out_dir / "model.onnx")
