@@ -25,9 +25,9 @@ from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from benchmarks.common.build import lower_host_cpu  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
-from hwcompile.plan import LayerChoice, PrecisionPlan  # noqa: E402
+from hwcompile.contract import LayerChoice, PrecisionPlan  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
-from hwcompile.transform import apply_plan  # noqa: E402
+from hwcompile.passes.plan import apply_plan  # noqa: E402
 
 
 def top1_top5(sess, x, y) -> tuple[float, float]:

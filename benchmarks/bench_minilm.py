@@ -31,9 +31,9 @@ from benchmarks.common.build import lower_host_cpu  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
 from hwcompile.passes import cleanup, eliminate_dead_code, run_passes  # noqa: E402
 from hwcompile.passes.quantize_dynamic import quantize_dynamic_layers  # noqa: E402
-from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.contract import PrecisionPlan  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
-from hwcompile.transform import apply_plan  # noqa: E402
+from hwcompile.passes.plan import apply_plan  # noqa: E402
 
 SEQ = 128
 

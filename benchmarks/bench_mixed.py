@@ -58,7 +58,7 @@ from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import Graph, load  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.pipeline import CompileOptions, build, make_plan  # noqa: E402
-from hwcompile.plan import PrecisionPlan, QuantSettings  # noqa: E402
+from hwcompile.contract import PrecisionPlan, QuantSettings  # noqa: E402
 from hwcompile.search.candidates import parse_candidate  # noqa: E402
 from hwcompile.search.driver import SearchOptions, plan_mixed  # noqa: E402
 from hwcompile.search.milp import pareto_front  # noqa: E402

@@ -43,7 +43,7 @@ from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import Graph, load, to_bytes  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.passes.prune import prune  # noqa: E402
-from hwcompile.plan import LayerChoice, PrecisionPlan  # noqa: E402
+from hwcompile.contract import LayerChoice, PrecisionPlan, PruneSettings  # noqa: E402
 from hwcompile.prune.masks import check_nm, reduction_axis  # noqa: E402
 
 PARTS = ("effnet24", "minilm24", "channels", "composed")
@@ -57,10 +57,10 @@ def top1_top5(sess, x, y) -> tuple[float, float]:
     return eval_imagenet_top1_top5(lambda f: sess.run(None, f), x, y, input_name=name)
 
 
-def plan_with(sparsity: str, precision: str = "fp32", **notes) -> PrecisionPlan:
-    plan = PrecisionPlan.uniform(precision, sparsity)
-    plan.notes.update(notes)
-    return plan
+def plan_with(sparsity: str, precision: str = "fp32", **options) -> PrecisionPlan:
+    """A uniform plan; ``prune_<field>=value`` keywords set its PruneSettings."""
+    prune = PruneSettings.from_dict({k.removeprefix("prune_"): v for k, v in options.items()})
+    return PrecisionPlan.uniform(precision, sparsity, prune=prune)
 
 
 def nm_summary(graph: Graph, n: int = 2, m: int = 4) -> dict:
@@ -307,7 +307,7 @@ def part_composed(quick: bool) -> dict:
     from hwcompile.backends.tensorrt.rules import check_model
     from hwcompile.ir import to_proto
     from hwcompile.targets import load_target
-    from hwcompile.transform import apply_plan
+    from hwcompile.passes.plan import apply_plan
 
     n_calib = EFFNET24_CALIB_QUICK if quick else EFFNET24_CALIB
     calib, xe, ye = effnet_data(quick, n_calib, flips=True)

@@ -46,9 +46,9 @@ from hwcompile.data import Dataset  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
 from hwcompile.ir import save as save_onnx  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
-from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.contract import PrecisionPlan  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
-from hwcompile.transform import apply_plan  # noqa: E402
+from hwcompile.passes.plan import apply_plan  # noqa: E402
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from hwcompile.backends.base import get_backend  # noqa: E402
 from hwcompile.backends.tvm import TVMSettings  # noqa: E402
 from hwcompile.backends.tvm.run import default_threads, open_session  # noqa: E402
 from hwcompile.ir import from_proto  # noqa: E402
-from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.contract import PrecisionPlan  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
 
 SHAPES = [(128, 384, 1536), (128, 1536, 384), (128, 384, 384)]  # MiniLM FFN up, FFN down, attention projections

@@ -35,10 +35,10 @@ from benchmarks.common.measure import interleaved_latency, log, save, session  #
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from hwcompile.ir import load  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
-from hwcompile.plan import LayerChoice, PrecisionPlan  # noqa: E402
+from hwcompile.contract import LayerChoice, PrecisionPlan  # noqa: E402
 from hwcompile.search.driver import _layer_edges  # noqa: E402
 from hwcompile.targets import load_target  # noqa: E402
-from hwcompile.transform import apply_plan  # noqa: E402
+from hwcompile.passes.plan import apply_plan  # noqa: E402
 
 
 ROUNDS = 10

@@ -4,10 +4,10 @@ ONNX in; clean-up, BN folding, quantization and pruning passes driven by a per-l
 PrecisionPlan; lowering through a backend (onnxruntime, TVM, TensorRT) for a target device;
 latency measured on that device fed back into the plan.
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from .errors import HwcompileError  # noqa: E402
-from .plan import LayerChoice, PrecisionPlan, QuantSettings  # noqa: E402
+from .contract import LayerChoice, PrecisionPlan, QuantSettings  # noqa: E402
 
 __all__ = ["__version__", "HwcompileError", "PrecisionPlan", "LayerChoice", "QuantSettings", "compile_model",
            "CompileOptions", "load"]

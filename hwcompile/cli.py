@@ -39,9 +39,9 @@ def _progress(enabled: bool = True):
 
 
 def _print_json(data) -> None:
-    from .report.writer import _json_default
+    from .report.writer import json_default
 
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 @app.command()
@@ -83,7 +83,7 @@ def compile(
 ):
     """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
     from .pipeline import CompileOptions, compile_model
-    from .plan import QuantSettings
+    from .contract import PruneSettings, QuantSettings
     from .recover.settings import RecoverSettings
     from .report.writer import summary_rows
 
@@ -91,7 +91,7 @@ def compile(
         opts = CompileOptions(
             recover=RecoverSettings(steps=recover_steps, minutes=recover_minutes, mode=recover, lr=recover_lr),
             recover_data=recover_data,
-            precision=precision, sparsity=sparsity, prune_schedule=prune_schedule,
+            precision=precision, sparsity=sparsity, prune=PruneSettings(schedule=prune_schedule),
             quant=QuantSettings(calib_method=calib_method or "minmax", compensation=compensation,
                                 per_channel=not per_tensor, embeddings=embeddings),
             quant_given=frozenset({"calib_method"} if calib_method else ()),
@@ -172,18 +172,21 @@ def profile(
 @app.command()
 def targets(as_json: bool = typer.Option(False, "--json")):
     """List targets and whether each can build on this machine (and why not)."""
-    from .backends.base import get_backend
+    from .backends.base import open_target
     from .targets import list_targets
 
     rows = []
     for t in _guard(list_targets):
+        row = {"name": t.name, "backend": t.backend, "description": t.description}
         try:
-            ok, why = get_backend(t.backend).status(t)
+            caps = open_target(t).capabilities
+            row.update(caps.to_dict(), reason=caps.why_not("build"))
         except HwcompileError as e:
-            ok, why = False, e.render()
+            row.update(can_build=False, can_run=False, can_profile=False, reason=e.render())
         except ImportError as e:
-            ok, why = False, f"backend module not importable: {e}"
-        rows.append({"name": t.name, "backend": t.backend, "can_build": ok, "reason": why, "description": t.description})
+            row.update(can_build=False, can_run=False, can_profile=False, reason=f"backend module not importable: {e}")
+        row["backend"] = t.backend
+        rows.append(row)
     if as_json:
         _print_json(rows)
         return
@@ -206,11 +209,10 @@ def debug(
 ):
     """Which layer breaks accuracy at PRECISION? Each layer quantized alone, ranked by output damage."""
     from .analysis.sensitivity import debug_report, layer_sensitivity
-    from .backends.base import get_backend
+    from .backends.base import open_target
+    from .contract import QuantSettings
     from .errors import DataError
     from .pipeline import CompileOptions, prepare
-    from .plan import QuantSettings
-    from .targets import load_target
 
     def run():
         m, c = model, calib
@@ -221,10 +223,10 @@ def debug(
             m, c = d.model, c or d.calib
         if c is None:
             raise DataError("debug needs calibration data", where="--calib", hint="pass --calib DATA.npz")
-        t = load_target(target)
+        opened = open_target(target)
         with _progress(not as_json) as step:
             graph, _, cal, _ = prepare(m, CompileOptions(calib=c), step)
-            table = layer_sensitivity(graph, t, get_backend(t.backend), cal, candidates=[precision], samples=samples,
+            table = layer_sensitivity(graph, opened.target, opened.backend, cal, candidates=[precision], samples=samples,
                                       progress=step, quant=QuantSettings(calib_method=calib_method))
         return debug_report(table, candidate=precision, top=top)
 
@@ -271,17 +273,17 @@ def check(model: Path, target: str = typer.Option("nvidia-ampere", "--target", "
     """Validate an ONNX model against a target's deployment rules (TensorRT explicit quantization)."""
     import onnx
 
-    from .errors import ConfigError, ModelLoadError
-    from .targets import load_target
+    from .backends.base import open_target
+    from .errors import ConfigError
 
     def run():
-        t = load_target(target)
-        if t.backend != "tensorrt":
-            raise ConfigError(f"target {t.name} ({t.backend}) has no deployment rules to check", where="--target")
-        from .backends.tensorrt.rules import check_model
-
+        opened = open_target(target)
         load(model)  # the same safety and validity checks as compile
-        return check_model(onnx.load(str(model), load_external_data=False), sparsity=sparsity)
+        found = opened.backend.check_deployment(onnx.load(str(model), load_external_data=False), sparsity=sparsity)
+        if found is None:
+            t = opened.target
+            raise ConfigError(f"target {t.name} ({t.backend}) has no deployment rules to check", where="--target")
+        return found
 
     from .ir import load
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backends.base import Artifact, Profile, Timing
+from .contract import Artifact, Profile, Timing
 from .cache import Store, array_digest, content_key, file_digest
 from .errors import ConfigError
 

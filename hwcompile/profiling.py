@@ -6,20 +6,18 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .backends.base import Artifact, get_backend
+from .backends.base import open_target
+from .contract import Artifact, PrecisionPlan
 from .errors import ConfigError
 from .ir import load
-from .plan import PrecisionPlan
-from .targets import load_target
+from .measure import profile_feeds
 
 __all__ = ["profile_path"]
 
 
 def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: Callable[[str], None] = lambda s: None) -> dict:
-    from .pipeline import _profile_feeds
-
-    target = load_target(target_name)
-    backend = get_backend(target.backend)
+    opened = open_target(target_name)
+    target, backend = opened.target, opened.backend
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
         if path.is_dir():
@@ -30,7 +28,7 @@ def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: C
             graph = load(path)
             artifact = backend.lower(graph, PrecisionPlan.uniform("fp32"), target, Path(tmp))
         progress(f"profile on {target.name}")
-        prof = backend.profile(artifact, target, _profile_feeds(graph, None), repeats=repeats, warmup=max(3, repeats // 5))
+        prof = backend.profile(artifact, target, profile_feeds(graph, None), repeats=repeats, warmup=max(3, repeats // 5))
     ops = {n.name: n.op_type for n in graph.main}
     layers = [{"layer": k, "op": ops.get(k, "?"), "ms": v} for k, v in sorted(prof.layers_ms.items(), key=lambda kv: -kv[1])]
     layers += [{"layer": f"(unmapped) {k}", "op": "?", "ms": v} for k, v in prof.unmapped_ms.items()]

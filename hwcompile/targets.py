@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .contract.capabilities import sparsity_family
+from .contract.plan import CANDIDATES, QuantSettings
 from .errors import ConfigError
 
 __all__ = ["Target", "load_target", "list_targets", "targets_dirs"]
@@ -38,10 +40,7 @@ class Target:
         return precision in self.precisions or precision in ("mixed",)
 
     def supports_sparsity(self, sparsity: str) -> bool:
-        kind = "2:4" if sparsity == "2:4" else sparsity.split("=")[0]
-        if ":" in sparsity and sparsity != "2:4":
-            kind = "N:M"
-        return sparsity == "dense" or kind in self.sparsity
+        return sparsity == "dense" or sparsity_family(sparsity) in self.sparsity
 
     def fingerprint(self, tool_versions: dict[str, str]) -> str:
         """A content hash of the device, its settings and the tools: the key of latency caches."""
@@ -106,6 +105,8 @@ def _read(path: Path) -> Target:
     if not isinstance(quant, dict):
         raise ConfigError("'quant' must be a table", where=f"{path}")
     _check_quant(quant, path)
+    _check_list(data, "precisions", path, allowed=tuple(CANDIDATES))
+    _check_list(data, "sparsity", path, allowed=("dense", "2:4", "N:M", "unstructured", "channels"))
     known = {"name", "backend", "description", "precisions", "sparsity", "backend_settings", "quant"}
     extra = set(data) - known
     if extra:
@@ -115,11 +116,19 @@ def _read(path: Path) -> Target:
                   settings=settings, quant=quant, path=str(path))
 
 
+def _check_list(data: dict, key: str, path: Path, allowed: tuple[str, ...]) -> None:
+    """``key`` is absent or a list of strings from ``allowed``."""
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("must be a list of strings", where=f"{path} {key}")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ConfigError(f"unknown {key} {unknown}", where=f"{path} {key}", hint=f"known: {list(allowed)}")
+
+
 def _check_quant(quant: dict[str, Any], path: Path) -> None:
     """``[quant]`` holds QuantSettings fields with valid values (checked by building one)."""
     import dataclasses
-
-    from .plan import QuantSettings
 
     fields = {f.name for f in dataclasses.fields(QuantSettings)}
     unknown = sorted(set(quant) - fields)

@@ -154,7 +154,7 @@ def test_target_quant_defaults_yield_to_the_command_line(tmp_path):
     """A target's [quant] table sets QuantSettings defaults (TensorRT: entropy calibration); a flag wins."""
     from hwcompile.ir import load as load_graph
     from hwcompile.pipeline import CompileOptions, make_plan
-    from hwcompile.plan import QuantSettings
+    from hwcompile.contract import QuantSettings
     from hwcompile.targets import load_target
 
     good = tmp_path / "good.onnx"

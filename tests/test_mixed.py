@@ -10,6 +10,8 @@ assert what the search must do, independently of this machine's timing and of it
 """
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 
@@ -22,7 +24,7 @@ from hwcompile.data import Dataset
 from hwcompile.errors import ConfigError
 from hwcompile.ir import from_proto
 from hwcompile.pipeline import CompileOptions, compile_model
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.search.driver import SearchOptions, plan_mixed
 from hwcompile.targets import load_target
 from test_sensitivity import fragile_model, mlp_model
@@ -106,8 +108,7 @@ def search(device, tmp_path, monkeypatch, so: SearchOptions | None = None, **opt
     graph = from_proto(fragile_model())
     calib = Dataset({"x": np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)}, source="r")
     options = CompileOptions(precision="mixed", repeats=1, warmup=0, **opts)
-    base = PrecisionPlan.uniform("fp32")
-    base.target = TARGET.name
+    base = dataclasses.replace(PrecisionPlan.uniform("fp32"), target=TARGET.name)
     return plan_mixed(graph, base, TARGET, device, calib, None, options, None, None, tmp_path, lambda s: None,
                       so or SearchOptions(use_cache=False, boundary_probe=False))
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend, session_options
 from hwcompile.ir import from_proto
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import hwcompile.backends.ort_layernorm as ln
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
 from hwcompile.ir import from_proto
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
 S, H = 16, 32

@@ -7,6 +7,7 @@ That reference is built from the original ONNX proto by numpy edits, independent
 """
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hwcompile.analysis.stats import model_summary
 from hwcompile.data import Dataset
 from hwcompile.ir import from_proto, to_proto
-from hwcompile.plan import LayerChoice, PrecisionPlan
+from hwcompile.contract import LayerChoice, PrecisionPlan, PruneSettings
 from hwcompile.passes.prune import prune
 from hwcompile.prune.channels import analyze_channels
 
@@ -100,12 +101,15 @@ def dw_concat_model():
     return _model(nodes, i, ["N", 4, 8, 8])
 
 
+def _prune(**options):
+    """PruneSettings from ``prune_<field>=value`` keyword arguments."""
+    return PruneSettings.from_dict({k.removeprefix("prune_"): v for k, v in options.items()})
+
+
 def _plan(ratio, **notes):
     """channels=R with the uniform allocation (R of every group's channels): these tests check the
     propagation of one group's removal; the global allocation is tested in test_prune_flops.py."""
-    plan = PrecisionPlan.uniform("fp32", f"channels={ratio}")
-    plan.notes.update({"prune_channel_allocation": "uniform", **notes})
-    return plan
+    return PrecisionPlan.uniform("fp32", f"channels={ratio}", prune=_prune(prune_channel_allocation="uniform", **notes))
 
 
 def _zeroed_reference(proto, sink_cols: dict[str, tuple[int, np.ndarray]]):
@@ -267,8 +271,8 @@ def test_reconstruction_of_next_layer_reduces_error():
     for name, notes in {"plain": {"prune_reconstruct": False, "prune_channel_importance": "l1"},
                         "refit": {"prune_channel_importance": "l1"}}.items():
         g = from_proto(proto)
-        plan.notes = {"prune_channel_allocation": "uniform", **notes}
-        prune(g, plan, Dataset({"x": x_cal}))
+        prune(g, dataclasses.replace(plan, prune=_prune(prune_channel_allocation="uniform", **notes)),
+              Dataset({"x": x_cal}))
         g.lint()
         assert g.node("conv2").inputs[1].const_value.numpy().shape == (16, 8, 3, 3)
         errs[name] = _rel_err(ref, session(to_proto(g)).run(None, {"x": x_test})[0])
@@ -305,7 +309,7 @@ def test_channel_multiple_and_nm_checked_on_final_channels():
     assert g.node("conv_c").inputs[1].const_value.numpy().shape[0] == 8      # 12 -> 6, rounded up to 8
     plan = PrecisionPlan(default=LayerChoice(), layers={"conv1": LayerChoice(sparsity="channels=0.375"),
                                                         "conv2": LayerChoice(sparsity="2:4")},
-                         notes={"prune_channel_allocation": "uniform"})
+                         prune=_prune(prune_channel_allocation="uniform"))
     g = from_proto(chain_model())
     prune(g, plan, None)
     assert g.node("conv2").inputs[1].const_value.numpy().shape == (16, 10, 3, 3)

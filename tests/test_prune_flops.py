@@ -14,7 +14,7 @@ from hwcompile.analysis.stats import model_summary
 from hwcompile.data import Dataset
 from hwcompile.ir import from_proto, to_proto
 from hwcompile.passes.prune import prune
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan, PruneSettings
 from hwcompile.prune.channels import refit_curve
 
 from conftest import session
@@ -74,10 +74,13 @@ def hand_flops(graph) -> int:
     return total
 
 
+def _prune(**options):
+    """PruneSettings from ``prune_<field>=value`` keyword arguments."""
+    return PruneSettings.from_dict({k.removeprefix("prune_"): v for k, v in options.items()})
+
+
 def _plan(ratio, **notes):
-    plan = PrecisionPlan.uniform("fp32", f"channels={ratio}")
-    plan.notes.update(notes)
-    return plan
+    return PrecisionPlan.uniform("fp32", f"channels={ratio}", prune=_prune(**notes))
 
 
 def _x(n, seed):

@@ -10,9 +10,9 @@ from hwcompile.data import Dataset
 from hwcompile.errors import ConfigError
 from hwcompile.ir import from_proto, to_proto
 from hwcompile.passes.prune import prune, prune_pass
-from hwcompile.plan import LayerChoice, PrecisionPlan
+from hwcompile.contract import LayerChoice, PrecisionPlan, PruneSettings
 from hwcompile.prune.masks import check_nm
-from hwcompile.transform import apply_plan
+from hwcompile.passes.plan import apply_plan
 
 from conftest import assert_close, session
 
@@ -80,10 +80,13 @@ def smooth_images(n, seed):
     return (base * mix + 0.05 * rng.standard_normal((n, 3, 8, 8))).astype(np.float32)
 
 
+def _prune(**options):
+    """PruneSettings from ``prune_<field>=value`` keyword arguments."""
+    return PruneSettings.from_dict({k.removeprefix("prune_"): v for k, v in options.items()})
+
+
 def _plan(sparsity, **notes):
-    plan = PrecisionPlan.uniform("fp32", sparsity)
-    plan.notes.update(notes)
-    return plan
+    return PrecisionPlan.uniform("fp32", sparsity, prune=_prune(**notes))
 
 
 def _weights(g):
@@ -185,7 +188,7 @@ def test_refit_with_bias_matches_least_squares_with_intercept():
     xm = correlated(256, 1) + 2.0
     g = from_proto(proto)
     prune(g, PrecisionPlan(default=LayerChoice(), layers={"fc1": LayerChoice(sparsity="2:4")},
-                           notes=dict(notes)), Dataset({"x": xm}))
+                           prune=_prune(**notes)), Dataset({"x": xm}))
     w1 = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "w1")).astype(np.float64)
     b1 = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "b1")).astype(np.float64)
     got_w, got_b = _weights(g)["w1"].astype(np.float64), _weights(g)["b1"].astype(np.float64)
@@ -203,8 +206,8 @@ def test_wanda_ranks_by_weight_times_input_norm():
     x[:, :4] *= 30.0
     proto = mlp()
     g = from_proto(proto)
-    plan = PrecisionPlan(default=LayerChoice(), layers={"fc1": LayerChoice(sparsity="unstructured=0.5")})
-    plan.notes["prune_importance"] = "wanda"
+    plan = PrecisionPlan(default=LayerChoice(), layers={"fc1": LayerChoice(sparsity="unstructured=0.5")},
+                         prune=_prune(prune_importance="wanda"))
     prune(g, plan, Dataset({"x": x}))
     w1 = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "w1")).astype(np.float64)
     score = np.abs(w1) * np.sqrt((x.astype(np.float64) ** 2).sum(0))[:, None]
@@ -340,7 +343,7 @@ def test_cache_hit_gives_same_model_and_apply_plan_integration():
 
 
 def test_bad_options_raise_config_error():
-    with pytest.raises(ConfigError, match="prune_schedule"):
+    with pytest.raises(ConfigError, match="schedule"):
         prune(from_proto(mlp()), _plan("2:4", prune_schedule="sometimes"), None)
-    with pytest.raises(ConfigError, match="prune_bogus"):
+    with pytest.raises(ConfigError, match="bogus"):
         prune(from_proto(mlp()), _plan("2:4", prune_bogus=1), None)

@@ -12,7 +12,7 @@ from hwcompile.data import Dataset
 from hwcompile.errors import ConfigError
 from hwcompile.ir import from_proto, to_proto
 from hwcompile.passes.prune import prune
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan, PruneSettings
 from hwcompile.prune.masks import check_nm, nm_mask
 from hwcompile.prune.reconstruct import LayerGram, nm_columns, sparsegpt_weight, refit_weight_bias
 from hwcompile.quant.compensate import refit_from_gram, sparsegpt_prune
@@ -162,10 +162,13 @@ def _data(n=300, seed=1):
     return (rng.standard_normal((n, 4)) @ a + 0.1 * rng.standard_normal((n, 16)) + 0.5).astype(np.float32)
 
 
+def _prune(**options):
+    """PruneSettings from ``prune_<field>=value`` keyword arguments."""
+    return PruneSettings.from_dict({k.removeprefix("prune_"): v for k, v in options.items()})
+
+
 def _plan(sparsity, **notes):
-    plan = PrecisionPlan.uniform("fp32", sparsity)
-    plan.notes.update(notes)
-    return plan
+    return PrecisionPlan.uniform("fp32", sparsity, prune=_prune(**notes))
 
 
 def _rel(proto, g, x):

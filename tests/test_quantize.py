@@ -16,9 +16,9 @@ from hwcompile.data import Dataset
 from hwcompile.passes import cleanup
 from hwcompile.passes.quantize import quantize
 from hwcompile.passes.quantize_int4 import int4_blockwise
-from hwcompile.plan import LayerChoice, PrecisionPlan, QuantSettings
+from hwcompile.contract import LayerChoice, PrecisionPlan, QuantSettings
 from hwcompile.quant.qparams import QParams, fake_quant
-from hwcompile.transform import apply_plan
+from hwcompile.passes.plan import apply_plan
 
 from conftest import conv_bn_model, session
 

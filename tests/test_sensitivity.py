@@ -1,6 +1,8 @@
 """Per-layer sensitivity: a layer made fragile on purpose ranks first; figures match independent runs."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -12,10 +14,10 @@ from hwcompile.backends.base import get_backend
 from hwcompile.data import Dataset
 from hwcompile.ir import from_proto
 from hwcompile.metrics import snr_db
-from hwcompile.plan import PrecisionPlan, LayerChoice
+from hwcompile.contract import PrecisionPlan, LayerChoice
 from hwcompile.search.candidates import Candidate, target_candidates, weight_bytes
 from hwcompile.targets import load_target
-from hwcompile.transform import apply_plan
+from hwcompile.passes.plan import apply_plan
 
 TARGET = load_target("host-cpu")
 BACKEND = get_backend("onnxruntime")
@@ -146,9 +148,12 @@ def test_matmul_candidates_and_noise_additivity():
 
 
 def test_candidates_and_weight_bytes():
-    names = [c.name for c in target_candidates(TARGET)]
+    caps = BACKEND.capabilities(TARGET)
+    names = [c.name for c in target_candidates(TARGET, caps)]
     assert names[0] == "fp32" and {"fp16", "int8", "int8dyn", "int4w"} <= set(names)
     assert not any("+" in n for n in names)      # onnxruntime CPU runs dense kernels: no 2:4 by default
+    sparse = dataclasses.replace(caps, sparse_kernels=("2:4",))   # a backend with 2:4 kernels gets 2:4 candidates
+    assert {"fp32+2:4", "int8+2:4"} <= {c.name for c in target_candidates(TARGET, sparse)}
     graph = from_proto(mlp_model())
     fc1 = graph.node("fc1")
     assert weight_bytes(graph, fc1, Candidate("fp32")) == 64 * 128 * 4

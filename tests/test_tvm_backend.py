@@ -33,7 +33,7 @@ from hwcompile.errors import BackendUnavailable, ConfigError, UnsupportedError
 from hwcompile.ir import from_proto
 from hwcompile.models import default_model
 from hwcompile.pipeline import CompileOptions, build, prepare
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
 CROSS_CC = "aarch64-linux-gnu-g++"
@@ -119,8 +119,7 @@ def test_profile_maps_kernels_to_layer_ids(env, built):
 
 def test_static_batch_library_runs_any_batch(env):
     """A library built for batch 8 (as tuning requires static shapes) runs 13 and 64 samples in slices."""
-    plan = PrecisionPlan.uniform("fp32")
-    plan.notes["input_shapes"] = {"input": [8, 1, 8, 8]}
+    plan = PrecisionPlan.uniform("fp32", input_shapes={"input": [8, 1, 8, 8]})
     _, art = build(env["graph"], plan, env["target"], env["backend"], env["tmp"] / "static8", None)
     assert json.loads((art.directory / "tvm.json").read_text())["input_shapes"] == {"input": [8, 1, 8, 8]}
     run = env["backend"].load(art, env["target"])
@@ -248,8 +247,7 @@ def test_tuning_database_persists_and_is_reused(env):
     lines = open(os.path.join(db, "database_tuning_record.json")).read().splitlines()
     assert len(lines) == info["records"]
     again = _with(env["target"], tune_trials=0)
-    plan = PrecisionPlan.uniform("fp32")
-    plan.notes["input_shapes"] = {"input": [1, 1, 8, 8]}  # the shapes the records were tuned for
+    plan = PrecisionPlan.uniform("fp32", input_shapes={"input": [1, 1, 8, 8]})  # the shapes the records were tuned for
     _, art2 = build(env["graph"], plan, again, env["backend"], env["tmp"] / "reuse", None)
     info2 = json.loads(art2.path("info").read_text())["tuning"]
     assert info2["database"] == db and info2["records"] == info["records"] and info2["applied"]

@@ -22,7 +22,7 @@ from hwcompile.backends.base import get_backend
 from hwcompile.backends.tvm.build import tvm_target, TVMSettings
 from hwcompile.backends.tvm.int8_kernels import kernel_module
 from hwcompile.ir import from_proto
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
 km = kernel_module()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from hwcompile.backends.onnxruntime import OnnxRuntimeBackend
 from hwcompile.ir import Graph
-from hwcompile.plan import PrecisionPlan
+from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
 

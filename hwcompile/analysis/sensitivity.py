@@ -25,18 +25,20 @@ from __future__ import annotations
 import dataclasses
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
-from ..backends.base import Backend
+from ..contract import Backend, Candidate
 from ..data import Dataset, as_feeds
 from ..errors import DataError, HwcompileError
 from ..ir import Graph, to_bytes
 from ..metrics import error_power, output_weights, snr_from_power
-from ..plan import PrecisionPlan, QuantSettings
-from ..search.candidates import Candidate, applicable, target_candidates
+from ..contract import PrecisionPlan, QuantSettings
+from ..ort_session import InMemoryRunner
+from ..passes.candidates import applicable, target_candidates
+from ..passes.plan import apply_plan
 from ..targets import Target
 
 __all__ = ["SensitivityRow", "SensitivityTable", "layer_sensitivity", "debug_report", "InMemoryRunner"]
@@ -82,44 +84,23 @@ class SensitivityTable:
                 "skipped": dict(self.skipped)}
 
 
-class InMemoryRunner:
-    """An onnxruntime session on the serialized graph (no files); runs a Dataset, batched if it can."""
-
-    def __init__(self, graph: Graph, settings: dict | None = None):
-        from ..backends.onnxruntime import session_options
-
-        self.graph = graph
-        self.sess = ort.InferenceSession(to_bytes(graph), session_options(settings or {}),
-                                         providers=["CPUExecutionProvider"])
-        dims = [i.shape for i in self.sess.get_inputs()]
-        self.batched = all(d and not isinstance(d[0], int) for d in dims)
-
-    def run(self, data: Dataset) -> list[np.ndarray]:
-        outs: list[list[np.ndarray]] = []
-        for batch in data.batches(batch_size=len(data) if self.batched else 1):
-            outs.append(self.sess.run(None, as_feeds(batch, self.graph)))
-        return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
-
-
 def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dataset,
                       candidates: list[str] | None = None, samples: int = 32,
                       progress: Callable[[str], None] | None = None, cache: dict | None = None,
                       quant: QuantSettings | None = None) -> SensitivityTable:
     """Damage of every (layer, candidate) on its own; see the module docstring for the math."""
-    from ..transform import apply_plan
-
     if calib is None or len(calib) == 0:
         raise DataError("sensitivity analysis needs calibration data", where="--calib")
     progress = progress or (lambda s: None)
     cache = cache if cache is not None else {}
-    cands = [c for c in target_candidates(target, candidates) if c.name != "fp32"]
+    caps = backend.capabilities(target)
+    cands = [c for c in target_candidates(target, caps, candidates) if c.name != "fp32"]
     data = calib.take(min(samples, len(calib)))
     reference = backend.graph_runner(graph, target).run(data)
     weights = output_weights(data.inputs, reference)     # padding tokens do not count (metrics.output_weights)
     style = backend.qdq_style(target)
-    base = PrecisionPlan.uniform("fp32")
     # one layer's damage only: embedding tables (quantized with any quantized layer) would add theirs to every row
-    base.quant = dataclasses.replace(quant or base.quant, embeddings="float")
+    base = PrecisionPlan(quant=dataclasses.replace(quant or QuantSettings(), embeddings="float"))
     rows: list[SensitivityRow] = []
     skipped: dict[str, str] = {}
     layers = graph.layers()

@@ -16,67 +16,63 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConfigError, DataError
+from ..atomic import write_text_atomic
+from ..contract import (CANDIDATES, Artifact, Backend, BackendSettings, Capabilities, Feeds, PrecisionPlan, Profile,
+                        QDQStyle, Runner, time_runs)
+from ..errors import DataError
 from ..ir import SERVES, Graph, save
-from ..plan import PrecisionPlan, write_text_atomic
+from ..ort_session import LEVELS, InMemoryRunner, session_options
 from ..targets import Target
-from .base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner, time_runs
 from .ort_layernorm import sum_for_slow_skip_layernorm
 
-__all__ = ["OnnxRuntimeBackend", "session_options", "layer_map_from_model"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeSettings", "session_options", "layer_map_from_model",
+           "cpu_has_int8_dot"]
 
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+#: the prune pass writes every pattern as zeros (or removes channels); the CPU kernels are dense
+_SPARSITY = ("2:4", "N:M", "unstructured", "channels")
 
+@dataclass(frozen=True)
+class OnnxRuntimeSettings(BackendSettings):
+    """``[backend_settings]`` of an onnxruntime target."""
 
-def session_options(settings: dict) -> ort.SessionOptions:
-    """The session the artifact's ``session.json`` describes; profiling measures exactly this session.
+    execution_provider: str = "CPUExecutionProvider"
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_num_threads: int = 0                  # 0: onnxruntime's default (physical cores)
+    allow_spinning: bool = False                   # see hwcompile.ort_session
+    activation_dtype: Literal["uint8", "int8"] = "uint8"
+    weight_dtype: Literal["int8", "uint8"] = "int8"
+    gemm_weight_dtype: Literal["auto", "int8", "uint8"] = "auto"   # auto: int8 with int8 dot products, else uint8
+    reduce_range_conv: bool | Literal["auto"] = "auto"             # auto: where the CPU lacks int8 dot products
+    unfuse_slow_skip_layernorm: bool = True        # see ort_layernorm
 
-    ``allow_spinning`` (default off): onnxruntime's intra-op workers spin-wait after each run, and a
-    session that ran last keeps its workers spinning while another session runs. On a 2-core host,
-    EfficientNet-Lite0 FP32 at 2 threads took 6.5 ms alone, 12.0 ms when two spinning sessions
-    alternated, 6.6 ms alternated with spinning off (IQR 0.2 ms, vs 6-8 ms spinning). Measurements
-    that alternate builds (the search against FP32, the benchmarks) are only fair without it, and a
-    deployment process that hosts more than one model sees the same contention."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _LEVELS[settings.get("graph_optimization_level", "all")]
-    so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.get("allow_spinning") else "0")
-    return so
+    def check(self) -> tuple[str, str] | None:
+        if self.intra_op_num_threads < 0:
+            return "intra_op_num_threads", (f"intra_op_num_threads {self.intra_op_num_threads} is not an integer "
+                                            ">= 0 (0: onnxruntime's default)")
+        return None
 
+    def session(self) -> dict:
+        """What ``session.json`` records and ``session_options`` reads."""
+        return {"execution_provider": self.execution_provider, "graph_optimization_level": self.graph_optimization_level,
+                "intra_op_num_threads": self.intra_op_num_threads, "allow_spinning": self.allow_spinning}
 
-def _session_settings(target: Target) -> dict:
-    """The target's session settings, checked: what ``session.json`` records."""
-    ts = target.settings
-    where = f"{target.path or target.name} [backend_settings]"
-    settings = {"execution_provider": ts.get("execution_provider", "CPUExecutionProvider"),
-                "graph_optimization_level": ts.get("graph_optimization_level", "all"),
-                "intra_op_num_threads": ts.get("intra_op_num_threads", 0),
-                "allow_spinning": ts.get("allow_spinning", False)}
-    if settings["graph_optimization_level"] not in _LEVELS:
-        raise ConfigError(f"graph_optimization_level {settings['graph_optimization_level']!r} is not one of "
-                          f"{sorted(_LEVELS)}", where=f"{where} graph_optimization_level")
-    n = settings["intra_op_num_threads"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigError(f"intra_op_num_threads {n!r} is not an integer >= 0 (0: onnxruntime's default)",
-                          where=f"{where} intra_op_num_threads")
-    if not isinstance(settings["allow_spinning"], bool):
-        raise ConfigError(f"allow_spinning {settings['allow_spinning']!r} is not true or false",
-                          where=f"{where} allow_spinning")
-    return settings
+    def qdq_style(self) -> QDQStyle:
+        gemm = self.gemm_weight_dtype
+        if gemm == "auto":
+            gemm = "int8" if cpu_has_int8_dot() else "uint8"
+        rr = self.reduce_range_conv
+        if rr == "auto":
+            rr = not cpu_has_int8_dot()
+        return QDQStyle(activation_dtype=self.activation_dtype, weight_dtype=self.weight_dtype, gemm_weight_dtype=gemm,
+                        reduce_range_conv=bool(rr), symmetric_activations=self.activation_dtype == "int8")
 
 
 def cpu_has_int8_dot() -> bool:
@@ -94,35 +90,29 @@ def cpu_has_int8_dot() -> bool:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    Settings = OnnxRuntimeSettings
 
-    def status(self, target: Target) -> tuple[bool, str]:
-        ep = target.settings.get("execution_provider", "CPUExecutionProvider")
-        if ep not in ort.get_available_providers():
-            return False, f"onnxruntime {ort.__version__} has no {ep} (available: {ort.get_available_providers()})"
-        return True, ""
-
-    def qdq_style(self, target: Target) -> QDQStyle:
-        s = target.settings
-        act = s.get("activation_dtype", "uint8")
-        gemm = s.get("gemm_weight_dtype", "auto")
-        if gemm == "auto":
-            gemm = "int8" if cpu_has_int8_dot() else "uint8"
-        rr = s.get("reduce_range_conv", "auto")
-        if rr == "auto":
-            rr = not cpu_has_int8_dot()
-        return QDQStyle(activation_dtype=act, weight_dtype=s.get("weight_dtype", "int8"), gemm_weight_dtype=gemm,
-                        reduce_range_conv=bool(rr), symmetric_activations=act == "int8")
+    def capabilities(self, target: Target) -> Capabilities:
+        s = self.settings(target)
+        reasons = {}
+        if s.execution_provider not in ort.get_available_providers():
+            why = (f"onnxruntime {ort.__version__} has no {s.execution_provider} "
+                   f"(available: {ort.get_available_providers()})")
+            reasons = {"build": why, "run": why, "profile": why}
+        ok = not reasons
+        return Capabilities(backend=self.name, precisions=tuple(CANDIDATES), sparsity=_SPARSITY, qdq=s.qdq_style(),
+                            can_build=ok, can_run=ok, can_profile=ok, reasons=reasons)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}
 
     def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = _session_settings(target)
+        s = self.settings(target)
+        settings = s.session()
         info: dict = {"session": settings}
-        if settings["execution_provider"] == "CPUExecutionProvider" and target.settings.get("unfuse_slow_skip_layernorm", True):
-            with sum_for_slow_skip_layernorm(graph, settings["intra_op_num_threads"],
-                                             _LEVELS[settings["graph_optimization_level"]]) as record:
+        if s.execution_provider == "CPUExecutionProvider" and s.unfuse_slow_skip_layernorm:
+            with sum_for_slow_skip_layernorm(graph, s.intra_op_num_threads, LEVELS[s.graph_optimization_level]) as record:
                 save(graph, out_dir / "model.onnx")
             if record["candidates"]:
                 info["skip_layernorm"] = record
@@ -132,10 +122,8 @@ class OnnxRuntimeBackend(Backend):
         return Artifact(directory=out_dir, backend=self.name, target=target.name,
                         files={"model": "model.onnx", "session": "session.json"}, info=info)
 
-    def graph_runner(self, graph: Graph, target: Target):
-        from ..analysis.sensitivity import InMemoryRunner
-
-        return InMemoryRunner(graph, target.settings)
+    def graph_runner(self, graph: Graph, target: Target) -> InMemoryRunner:
+        return InMemoryRunner(graph, self.settings(target).session())
 
     def _session(self, artifact: Artifact, target: Target, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
         settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())

@@ -34,6 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from ..ir import Graph, is_constant, to_bytes
+from ..ort_session import cpu_session
 
 __all__ = ["residual_adds_into_layernorm", "whole_model_fused_is_slower", "skip_layernorm_is_slower",
            "sum_for_slow_skip_layernorm"]
@@ -163,10 +164,7 @@ def _model(op: str, shape: tuple[int, ...]) -> bytes:
 
 
 def _session(model: bytes, threads: int) -> ort.InferenceSession:
-    from .onnxruntime import session_options   # spinning off: the two sessions are timed alternately
-
-    return ort.InferenceSession(model, session_options({"intra_op_num_threads": threads}),
-                                providers=["CPUExecutionProvider"])
+    return cpu_session(model, {"intra_op_num_threads": threads})   # spinning off: the two are timed alternately
 
 
 def _static_3d(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -15,6 +15,7 @@ while the node's outputs still have users), ``add_initializer`` (the graph mints
 """
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -56,6 +57,7 @@ class Graph:
     source: str = ""
     meta: dict = field(default_factory=dict)
     _name_counter: Counter = field(default_factory=Counter, repr=False)
+    _index: dict = field(default_factory=dict, repr=False, compare=False)   # layer id -> node (see ``node``)
 
     # -- views --------------------------------------------------------------------------
     @property
@@ -70,10 +72,16 @@ class Graph:
         return list(self.main)
 
     def node(self, lid: str) -> ir.Node:
-        for n in self.main:
-            if n.name == lid:
-                return n
-        raise KeyError(lid)
+        """The node with layer id ``lid`` (KeyError if none): a dict lookup, the index rebuilt only when an
+        edit made it stale (a node renamed, removed or added since)."""
+        hit = self._index.get(lid)
+        if hit is not None and hit.name == lid and hit.graph is self.main:
+            return hit
+        self._index = {n.name: n for n in self.main}
+        try:
+            return self._index[lid]
+        except KeyError:
+            raise KeyError(lid) from None
 
     def layers(self, ops: Iterable[str] = WEIGHTED_OPS) -> list[ir.Node]:
         """Nodes with a constant weight that a plan can assign a precision to."""
@@ -225,9 +233,12 @@ class Graph:
             yield from node.outputs
 
     def clone(self) -> "Graph":
-        """A deep copy (passes that are not in-place work on one)."""
-        from .exporter import to_proto
-        from .importer import from_proto
-
-        return from_proto(to_proto(self), source=self.source, normalize=False)
+        """A deep copy: nodes, values, weights (copied, so an edit of the copy never reaches this graph)
+        and ``meta``. Layer ids and value names are kept."""
+        model = self.model.clone(deep_copy=True)
+        for value in model.graph.initializers.values():
+            if value.const_value is not None:
+                const = value.const_value
+                value.const_value = ir.tensor(np.array(const.numpy(), copy=True), dtype=const.dtype, name=value.name)
+        return Graph(model, source=self.source, meta=copy.deepcopy(self.meta))
 

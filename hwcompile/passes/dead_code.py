@@ -9,24 +9,25 @@ from __future__ import annotations
 from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from ..ir import Graph
-from .base import PassResult
+from .base import PassResult, structure
 
 __all__ = ["eliminate_dead_code", "eliminate_identity"]
 
 
 def eliminate_dead_code(graph: Graph) -> PassResult:
-    before = graph.main.num_nodes(), len(graph.main.initializers)
-    result = RemoveUnusedNodesPass()(graph.model)
+    """Also drops attributes equal to a removed default (onnx_ir does); ``modified`` is whether anything changed."""
+    before, shape = (graph.main.num_nodes(), len(graph.main.initializers)), structure(graph)
+    RemoveUnusedNodesPass()(graph.model)
     after = graph.main.num_nodes(), len(graph.main.initializers)
-    return PassResult(graph, result.modified and before != after,
+    return PassResult(graph, structure(graph) != shape,
                       {"nodes_removed": before[0] - after[0], "initializers_removed": before[1] - after[1]})
 
 
 def eliminate_identity(graph: Graph) -> PassResult:
-    before = sum(1 for n in graph.main if n.op_type == "Identity")
-    result = IdentityEliminationPass()(graph.model)
+    before, shape = sum(1 for n in graph.main if n.op_type == "Identity"), structure(graph)
+    IdentityEliminationPass()(graph.model)
     after = sum(1 for n in graph.main if n.op_type == "Identity")
-    return PassResult(graph, result.modified and before != after, {"identities_removed": before - after})
+    return PassResult(graph, structure(graph) != shape, {"identities_removed": before - after})
 
 
 eliminate_dead_code.name, eliminate_dead_code.in_place = "eliminate_dead_code", True

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ir import Graph, const_array, is_constant
-from ..plan import PrecisionPlan
+from ..contract import PrecisionPlan
 from .base import PassResult
 
 __all__ = ["convert_fp16"]

@@ -7,8 +7,8 @@ channels. With calibration data each pruned layer (or, for channels, each layer 
 channels) is refit by least squares to reproduce the dense model's outputs
 (``prune.reconstruct``); masks are kept exactly, so refit N:M weights stay N:M.
 
-Options come from ``plan.notes`` (``prune_schedule``: one-shot | gradual | iterative,
-``prune_global``, ``prune_importance``, ... see ``PruneConfig``). Declines are recorded with a
+Options come from ``plan.prune`` (``PruneSettings``: schedule one-shot | gradual | iterative,
+global, importance, ...). Declines are recorded with a
 reason: ``graph.meta['prune_skipped'][layer]`` and ``graph.meta['channel_prune_skipped'][layer]``;
 what was done goes to ``graph.meta['prune']``. Results are cached in ``cache`` by graph content,
 pruning options and calibration data, so a planner trying many plans prunes each variant once.
@@ -23,10 +23,11 @@ import onnx
 
 from ..data import Dataset
 from ..ir import Graph, from_proto, to_bytes
-from ..plan import PrecisionPlan, parse_sparsity
-from ..prune.schedule import PruneConfig, prune_channels, prune_weights
+from ..contract import PrecisionPlan, parse_sparsity
+from ..contract import PruneSettings
+from ..prune.schedule import prune_channels, prune_weights
 from ..prune.semistructured import WeightTarget, parse_target, skip_reason
-from .base import PassResult
+from .base import BoundPass, PassResult, run_passes
 
 __all__ = ["prune", "prune_pass"]
 
@@ -34,14 +35,14 @@ _META = ("prune", "prune_skipped", "channel_prune_skipped")
 
 
 def prune(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict | None = None) -> Graph:
-    """Apply the plan's sparsity to ``graph`` in place and return it (linted)."""
-    return prune_pass(graph, plan, calib, cache=cache).graph
+    """Apply the plan's sparsity to ``graph`` in place (through the pass runner, so linted) and return it."""
+    return run_passes(graph, [BoundPass("prune", prune_pass, (plan, calib), {"cache": cache})], max_rounds=1)
 
 
 def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: dict | None = None) -> PassResult:
     """The pass form of :func:`prune`. Run it once: with reconstruction it is not idempotent (a second
     run refits the already pruned weights again, toward the pruned model)."""
-    config = PruneConfig.from_notes(plan.notes)
+    config = plan.prune
     skipped = graph.meta.setdefault("prune_skipped", {})
     ch_skipped = graph.meta.setdefault("channel_prune_skipped", {})
     weights: dict[str, WeightTarget] = {}
@@ -63,7 +64,7 @@ def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: 
         data, meta, modified = cache[key]
         graph.model = from_proto(onnx.ModelProto.FromString(data), source=graph.source, normalize=False).model
         graph.meta.update(json.loads(meta))
-        return PassResult(graph, modified, {"cached": 1})
+        return PassResult(graph, modified, {"cached": 1}, _declined(graph))
     before = to_bytes(graph)
     report = graph.meta.setdefault("prune", {})
     report.update(schedule=config.schedule, reconstructed=calib is not None and config.reconstruct)
@@ -86,7 +87,12 @@ def prune_pass(graph: Graph, plan: PrecisionPlan, calib: Dataset | None, cache: 
     if key is not None:
         cache[key] = (after, json.dumps({k: graph.meta[k] for k in _META}), after != before)
     return PassResult(graph, after != before, {"layers_pruned": len(report.get("layers", {})),
-                                               "channel_groups_pruned": len(report.get("channels", {}).get("groups", {}))})
+                                               "channel_groups_pruned": len(report.get("channels", {}).get("groups", {}))},
+                      _declined(graph))
+
+
+def _declined(graph: Graph) -> dict[str, str]:
+    return {**graph.meta.get("channel_prune_skipped", {}), **graph.meta.get("prune_skipped", {})}
 
 
 prune_pass.name, prune_pass.in_place = "prune", True
@@ -100,7 +106,7 @@ def _jsonable(x):
     raise TypeError(type(x).__name__)
 
 
-def _cache_key(graph: Graph, weights, channels, config: PruneConfig, calib: Dataset | None) -> str:
+def _cache_key(graph: Graph, weights, channels, config: PruneSettings, calib: Dataset | None) -> str:
     h = hashlib.sha256(to_bytes(graph))
     h.update(json.dumps([sorted((k, v.label) for k, v in weights.items()), sorted(channels.items()),
                          repr(config)]).encode())

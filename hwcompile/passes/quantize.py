@@ -27,15 +27,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..backends.base import QDQStyle
+from ..contract import PrecisionPlan, QDQStyle
 from ..data import Dataset
 from ..errors import DataError
 from ..ir import Graph, const_array, is_constant
-from ..plan import PrecisionPlan
 from ..quant.calibration import Calibration, calibrate
 from ..quant.weights import quantize_layer_weight
+from .base import BoundPass, PassResult, run_passes
 
-__all__ = ["quantize", "plan_static_region", "INT8_CAPABLE", "SCALE_SHARING"]
+__all__ = ["quantize", "quantize_pass", "plan_static_region", "INT8_CAPABLE", "SCALE_SHARING"]
 
 #: Ops with integer kernels in the backends we target: they join an INT8 region.
 INT8_CAPABLE = frozenset({"Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
@@ -49,7 +49,15 @@ _ABSORBABLE = ("Relu", "Clip")
 
 def quantize(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset | None,
              cache: dict | None = None) -> Graph:
-    """Apply every non-float layer choice of ``plan`` to ``graph`` (in place) and return it."""
+    """Apply every non-float layer choice of ``plan`` to ``graph`` (in place, through the pass runner) and return it."""
+    return run_passes(graph, [BoundPass("quantize", quantize_pass, (plan, style, calib), {"cache": cache})],
+                      max_rounds=1)
+
+
+def quantize_pass(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset | None,
+                  cache: dict | None = None) -> PassResult:
+    """The pass form of :func:`quantize`: declined layers (dynamic INT8 or INT4 the rewrite cannot
+    apply) come back with their reasons. Run it once."""
     from .quantize_dynamic import quantize_dynamic_layers
     from .quantize_int4 import quantize_int4_layers
 
@@ -66,12 +74,20 @@ def quantize(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset 
         quantize_dynamic_layers(graph, dynamic, plan, style)
     if int4:
         quantize_int4_layers(graph, int4, plan, style, calib, cache)
+    tables: list[str] = []
     if (static or dynamic or int4) and plan.quant.embeddings == "int8" and style.int8_embeddings:
         from .quantize_embeddings import quantize_embeddings
 
-        graph.meta["int8_embeddings"] = quantize_embeddings(graph)
+        tables = graph.meta["int8_embeddings"] = quantize_embeddings(graph)
     graph.main.sort()
-    return graph
+    asked = {n.name for n in dynamic} | {n.name for n in int4}
+    declined = {k: v for key in ("dynamic_skipped", "int4_skipped") for k, v in graph.meta.get(key, {}).items()
+                if k in asked}
+    done = len(static) + len(asked) - len(declined)
+    return PassResult(graph, done > 0 or bool(tables),
+                      {"static_int8": len(static), "dynamic_int8": len(dynamic) - len(set(declined) & {n.name for n in dynamic}),
+                       "int4": len(int4) - len(set(declined) & {n.name for n in int4}), "int8_embeddings": len(tables)},
+                      declined)
 
 
 def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle):

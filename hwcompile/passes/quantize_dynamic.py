@@ -20,10 +20,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..backends.base import QDQStyle
+from ..contract import QDQStyle
 from ..errors import UnsupportedError
 from ..ir import Graph, const_array
-from ..plan import PrecisionPlan
+from ..contract import PrecisionPlan
 from ..quant.qparams import quantize, weight_qparams
 from ..quant.weights import stored_weight
 

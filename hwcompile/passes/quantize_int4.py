@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..backends.base import QDQStyle
+from ..contract import QDQStyle
 from ..data import Dataset
 from ..errors import UnsupportedError
 from ..ir import Graph, const_array
-from ..plan import PrecisionPlan
+from ..contract import PrecisionPlan
 
 __all__ = ["quantize_int4_layers", "int4_blockwise", "int4_block_scales", "pack_matmulnbits"]
 

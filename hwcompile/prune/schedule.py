@@ -47,12 +47,12 @@ What ``channels=R`` means depends on ``PruneConfig.channel_allocation``:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Mapping
 
 import networkx as nx
 import numpy as np
 
+from ..contract import SCHEDULES, PruneSettings
 from ..data import Dataset
 from ..errors import ConfigError, UnsupportedError
 from ..ir import Graph, const_array, is_constant
@@ -66,82 +66,8 @@ from .semistructured import WeightTarget, global_ratios, importance, layer_mask
 
 __all__ = ["SCHEDULES", "PruneConfig", "prune_weights", "prune_channels"]
 
-SCHEDULES = ("one-shot", "gradual", "iterative")
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """How to prune; read from ``plan.notes`` keys ``prune_<field>`` (e.g. ``prune_schedule``)."""
-
-    schedule: str = "one-shot"
-    steps: int = 3                       # gradual: number of steps
-    global_: bool = False                # unstructured: one threshold over all layers (note 'prune_global')
-    importance: str = "auto"             # auto | magnitude | wanda | sparsegpt (auto: wanda with calibration data)
-    channel_importance: str = "auto"     # auto | l1 | l2 | activation (auto: activation with data)
-    reconstruct: bool = True             # least-squares refit when calibration data is given
-    ridge: float = 1e-3                  # refit damping, relative to mean diag(X^T X)
-    refit_prior: str = "zero"            # zero | weight: the refit's ridge pulls toward 0 or toward the current weight
-    percdamp: float = 0.01               # sparsegpt: Hessian damping, relative to mean diag(X^T X)
-    sparsegpt_refit: bool = True         # sparsegpt: exact least-squares refit on the mask it chose
-    refit_rounds: int = 0                # after the schedule: passes refitting every pruned layer (fixed masks) on
-                                         # the pruned model's inputs against the dense model's outputs
-                                         # (experimental: collapsed EfficientNet-Lite0, see module docstring)
-    refit_unpruned: bool = False         # also refit (dense) the layers whose inputs pruning shifted (depthwise)
-    refit_bias: bool = True              # the refit also corrects the layer's bias (intercept)
-    token_mask: str = ""                 # graph input [N, S] (e.g. attention_mask): padding rows not fit
-    max_rows: int = 2048                 # rows sampled per layer and batch
-    calib_samples: int = 256
-    batch_size: int = 8
-    channel_multiple: int = 1            # kept channel counts are rounded up to a multiple of this
-    channel_allocation: str = "global"   # global (R = fraction of prunable FLOPs) | uniform (R per group)
-    channel_max_ratio: float = 0.75      # global: no group loses more than this fraction of its channels
-    channel_min_group: int = 16          # global: groups with at most this many channels stay dense
-    channel_protect_ends: bool = True    # global: the stem and head groups stay dense
-
-    def __post_init__(self) -> None:
-        checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
-                  "importance": self.importance in ("auto", "magnitude", "wanda", "sparsegpt"),
-                  "refit_prior": self.refit_prior in ("zero", "weight"), "percdamp": self.percdamp > 0,
-                  "refit_rounds": self.refit_rounds >= 0,
-                  "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
-                  "ridge": self.ridge >= 0, "max_rows": self.max_rows >= 1,
-                  "calib_samples": self.calib_samples >= 1, "batch_size": self.batch_size >= 1,
-                  "channel_multiple": self.channel_multiple >= 1,
-                  "channel_allocation": self.channel_allocation in ("global", "uniform"),
-                  "channel_max_ratio": 0.0 < self.channel_max_ratio <= 1.0,
-                  "channel_min_group": self.channel_min_group >= 0}
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"invalid value {getattr(self, key)!r}", where=f"plan.notes.prune_{key.rstrip('_')}",
-                                  hint=f"schedules: {SCHEDULES}" if key == "schedule" else None)
-
-    @classmethod
-    def from_notes(cls, notes: Mapping[str, Any]) -> "PruneConfig":
-        known = {f"prune_{f.name.rstrip('_')}": f.name for f in fields(cls)}
-        unknown = sorted(k for k in notes if k.startswith("prune_") and k not in known)
-        if unknown:
-            raise ConfigError(f"unknown pruning option(s) {unknown}", where="plan.notes", hint=f"known: {sorted(known)}")
-        values = {}
-        for key, name in known.items():
-            if key not in notes:
-                continue
-            v, default = notes[key], getattr(cls, name)
-            want = type(default)
-            ok = isinstance(v, want) and (want is bool or not isinstance(v, bool))
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                v, ok = float(v), True
-            if not ok:
-                raise ConfigError(f"expected {want.__name__}, got {v!r}", where=f"plan.notes.{key}")
-            values[name] = v
-        return cls(**values)
-
-    def weight_method(self, calib) -> str:
-        return ("wanda" if calib is not None else "magnitude") if self.importance == "auto" else self.importance
-
-    def channel_method(self, calib) -> str:
-        if self.channel_importance == "auto":
-            return "activation" if calib is not None else "l1"
-        return self.channel_importance
+#: The pruning options are the plan's typed ``PruneSettings`` (``plan.prune``).
+PruneConfig = PruneSettings
 
 
 # -- weight-level (N:M, unstructured) ---------------------------------------------------------
@@ -154,7 +80,7 @@ def prune_weights(graph: Graph, targets: Mapping[str, WeightTarget], calib: Data
     needs_data = calib is not None and (config.reconstruct or config.weight_method(calib) != "magnitude")
     if config.weight_method(calib) in ("wanda", "sparsegpt") and calib is None:
         raise ConfigError(f"{config.weight_method(calib)} importance needs calibration data",
-                          where="plan.notes.prune_importance", hint="pass --calib or use prune_importance=magnitude")
+                          where="plan.prune.importance", hint="pass --calib or use importance = magnitude")
     report: dict[str, dict] = {n: {"target": targets[n].label} for n in order}
     masks: dict[str, np.ndarray] = {}
     if config.global_:
@@ -296,7 +222,7 @@ def prune_channels(graph: Graph, ratios: Mapping[str, float], calib: Dataset | N
     method = config.channel_method(calib)
     if method == "activation" and calib is None:
         raise ConfigError("activation-aware channel importance needs calibration data",
-                          where="plan.notes.prune_channel_importance", hint="pass --calib or use l1")
+                          where="plan.prune.channel_importance", hint="pass --calib or use l1")
     reference = graph.clone() if calib is not None and config.reconstruct else None
     orig_keep: dict[str, np.ndarray] = {}     # reference output channels each shrunk Conv still has
     report: dict[str, dict] = {"groups": {}, "refit": {}}

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from ..errors import ConfigError
 from ..ir import Graph, const_array
-from ..plan import parse_sparsity
+from ..contract import parse_sparsity
 from ..quant.compensate import rows_to_weight, weight_to_rows
 from .masks import global_magnitude_masks, magnitude_mask, nm_mask, reduction_axis, wanda_scores
 from .reconstruct import LayerGram

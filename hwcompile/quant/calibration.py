@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from ..data import Dataset
 from ..ir import Graph, is_constant, to_bytes
-from ..plan import QuantSettings
+from ..contract import QuantSettings
 from .collect import collect_stats
 from .compensate import HessianAccumulator
 from .observers import TensorStats, calibrate_range

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..backends.base import QDQStyle
+from ..contract import QDQStyle
 from ..ir import Graph, const_array
-from ..plan import QuantSettings
+from ..contract import QuantSettings
 from ..errors import ConfigError, DataError
 from .compensate import bias_correction, gptq_quantize
 from .qparams import QParams, dequantize, quantize, weight_qparams

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..cache import array_digest, file_digest
 from ..errors import ConfigError
-from ..plan import write_text_atomic
+from ..atomic import write_text_atomic
 
 __all__ = ["FORMAT", "input_entry", "model_entry", "write_manifest", "verify"]
 

@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..plan import PrecisionPlan, write_text_atomic
+from ..atomic import write_text_atomic
+from ..contract import PrecisionPlan
 
-__all__ = ["write_outputs", "render_html", "summary_rows"]
+__all__ = ["write_outputs", "render_html", "summary_rows", "json_default"]
 
 
-def _json_default(o: Any):
+def json_default(o: Any):
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):
@@ -31,8 +32,8 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
 
     plan.save(out / "plan.json")
     stable, times = split(report)
-    write_text_atomic(out / "report.json", json.dumps(stable, indent=2, default=_json_default) + "\n")
-    write_text_atomic(out / "timings.json", json.dumps(times, indent=2, default=_json_default) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(stable, indent=2, default=json_default) + "\n")
+    write_text_atomic(out / "timings.json", json.dumps(times, indent=2, default=json_default) + "\n")
     if table is not None:
         write_text_atomic(out / "latency.json", table.to_json())
     inputs: dict = {}

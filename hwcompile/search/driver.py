@@ -94,16 +94,18 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ..analysis.sensitivity import SensitivityTable, layer_sensitivity
-from ..backends.base import Artifact, Backend
+from ..contract import Artifact, Backend
 from ..analysis.stats import inferred_shapes
 from ..data import Dataset
 from ..errors import ConfigError, DataError
 from ..ir import Graph
 from ..metrics import snr_db
-from ..plan import PrecisionPlan, write_text_atomic
+from ..atomic import write_text_atomic
+from ..contract import PrecisionPlan
 from ..targets import Target
 from .candidates import FP32, Candidate, applicable, parse_candidate, target_candidates, weight_bytes
-from .latency import measure_latency
+from .latency import measure_latency, rescaled
+from ..measure import build, evaluate, profile_feeds
 from .milp import Problem, Solution, pareto_front, predict, snr_from_noise, solve
 
 __all__ = ["SearchOptions", "plan_mixed", "DEFAULT_TOP1_DROP", "DEFAULT_MIN_SNR_DB"]
@@ -149,15 +151,14 @@ def plan_mixed(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backe
 
 class _Search:
     def __init__(self, graph, plan, target, backend, calib, eval_set, options, reference, tmp, progress, so):
-        from ..pipeline import _profile_feeds
-
         self.g, self.base, self.target, self.backend = graph, plan, target, backend
         self.calib, self.eval, self.opt, self.ref, self.so = calib, eval_set, options, reference, so
         self.progress = progress
         self.work = tmp / "search"
         self.work.mkdir(parents=True, exist_ok=True)
         self.cache: dict = {}
-        self.feeds = _profile_feeds(graph, eval_set)
+        self.caps = backend.capabilities(target)
+        self.feeds = profile_feeds(graph, eval_set, plan.input_shapes)
         labels = eval_set.labels is not None and getattr(options, "metric", None) != "snr"
         self.metric = (getattr(options, "metric", None) or "top1") if labels else "snr_db"
         self.layers = graph.layers()
@@ -186,7 +187,7 @@ class _Search:
 
     # -- stages ----------------------------------------------------------------------------
     def run(self) -> tuple[PrecisionPlan, dict]:
-        cands = target_candidates(self.target, list(self.so.candidates) if self.so.candidates else None)
+        cands = target_candidates(self.target, self.caps, list(self.so.candidates) if self.so.candidates else None)
         cands = [c for c in cands if c == FP32 or any(applicable(self.g, n, c) for n in self.layers)]
         if not self.layers:
             return self._finish(None, "the model has no Conv/Gemm/MatMul layer with a constant weight")
@@ -194,7 +195,7 @@ class _Search:
                                  self.so.samples, self.progress, self.cache, self.base.quant)
         self.sens = sens
         self.lat = measure_latency(self.g, self.target, self.backend, cands, self.feeds, self.work,
-                                   calib=self.calib, quant=self.base.quant, repeats=self.opt.repeats,
+                                   calib=self.calib, base=self.base, repeats=self.opt.repeats,
                                    warmup=self.opt.warmup, cache=self.cache, use_cache=self.so.use_cache,
                                    visit=self._visit_uniform, progress=self.progress)
         self.lat_raw = {c: self.lat.record(c) for c in self.lat.layers}
@@ -208,8 +209,6 @@ class _Search:
         return self._finish(converged, None)
 
     def _visit_uniform(self, cand: Candidate, art: Artifact, prof) -> None:
-        from ..pipeline import _artifact_size, evaluate
-
         metrics, outs = evaluate(self.backend, art, self.target, self.eval, self.g, self.ref, self.opt.metric)
         if self.ref is None and cand == FP32:
             self.ref = outs
@@ -217,7 +216,7 @@ class _Search:
         if cand == FP32:
             self.ref_art = art
         point = {"source": f"uniform:{cand.name}", "name": cand.name, **self._time(art),
-                 "size_bytes": _artifact_size(art), "metrics": metrics, "assignment": self._uniform_assignment(cand)}
+                 "size_bytes": art.size_bytes(), "metrics": metrics, "assignment": self._uniform_assignment(cand)}
         self.points.append(point)
         if art is not self.ref_art:
             self._discard(art.directory)
@@ -290,13 +289,12 @@ class _Search:
         names = [c.name for c in cands]
         dmg = np.full((len(self.ids), len(names)), np.nan)
         size = np.zeros_like(dmg)
-        compressed = self.target.backend == "tensorrt"
         for i, node in enumerate(self.layers):
             for j, c in enumerate(cands):
                 row = sens.lookup(node.name, c.name)
                 dmg[i, j] = 0.0 if c == FP32 else (row.damage if row is not None else np.nan)
                 size[i, j] = weight_bytes(self.g, node, c, block=self.base.quant.int4_block_size,
-                                          compressed_sparse=compressed)
+                                          compressed_sparse=self.caps.sparse_kernel_for(c.sparsity))
         lat = self.lat.costs(self.ids, names)
         dmg[np.isnan(lat)] = np.nan
         if self.size_budget is None and "fp32" in names:
@@ -368,15 +366,13 @@ class _Search:
 
     # -- measurements ------------------------------------------------------------------------
     def _measure(self, sol: Solution, source: str) -> dict:
-        from ..pipeline import _artifact_size, build, evaluate
-
         self.progress(f"search: build {source}")
         out = Path(tempfile.mkdtemp(prefix="plan-", dir=self.work))
         _, art = build(self.g, self._plan(sol.assignment, None), self.target, self.backend, out, self.calib,
                        cache=self.cache)
         timing = self._time(art)
         metrics, _ = evaluate(self.backend, art, self.target, self.eval, self.g, self.ref, self.opt.metric)
-        point = {"source": source, **timing, "size_bytes": _artifact_size(art),
+        point = {"source": source, **timing, "size_bytes": art.size_bytes(),
                  "metrics": metrics, "assignment": dict(sol.assignment), "predicted": sol.to_dict(),
                  "mixed_points_in_fit": sum(1 for p in self.points if not p["source"].startswith("uniform:"))}
         point["predicted"].pop("assignment")
@@ -418,14 +414,12 @@ class _Search:
 
     def _refresh(self) -> None:
         """Points and uniform tables on the current FP32 scale; the problem rebuilt from them."""
-        from .latency import _rescaled
-
         for p in self.points:
             self._scale(p)
         for c, rec in self.lat_raw.items():
             u = next((p for p in self.points if p["source"] == f"uniform:{c}"), None)
             if u is not None:
-                self.lat.add(c, _rescaled(rec, u["latency_ms"], u["latency_ms_spread"]))
+                self.lat.add(c, rescaled(rec, u["latency_ms"], u["latency_ms_spread"]))
         if self.lat_raw:
             self.problem = self._problem(self.sens, self.cands)
 
@@ -501,8 +495,7 @@ class _Search:
             c = parse_candidate(assignment[lid]) if assignment else FP32
             why = reasons.get(lid) or (f"fp32: {fallback}" if fallback else f"{c.name}: chosen by the search")
             layers[lid] = c.choice(why)
-        return PrecisionPlan(default=self.base.default, layers=layers, quant=self.base.quant, model=self.base.model,
-                             target=self.base.target, notes=dict(self.base.notes))
+        return dataclasses.replace(self.base, layers=layers)
 
     def _reasons(self, a: dict[str, str]) -> dict[str, str]:
         p = self._corrected()
@@ -596,12 +589,11 @@ class _Search:
         best, note = (None, no_search) if no_search else self._best()
         plan = self._final_plan(best, note)
         info = self._info(best, note, converged)
-        plan.notes.update({"search": "mixed", **{k: v for k, v in info["search"].items() if k != "corrections"},
-                           "accuracy_metric": self.metric,
-                           "default_accuracy": f"without budgets: top1/top5 drop <= {DEFAULT_TOP1_DROP} point "
-                                               f"with labels, else SNR >= {DEFAULT_MIN_SNR_DB} dB"})
-        if note:
-            plan.notes["reason"] = note
+        plan = plan.with_notes(search="mixed", **{k: v for k, v in info["search"].items() if k != "corrections"},
+                               accuracy_metric=self.metric,
+                               default_accuracy=f"without budgets: top1/top5 drop <= {DEFAULT_TOP1_DROP} point "
+                                                f"with labels, else SNR >= {DEFAULT_MIN_SNR_DB} dB",
+                               **({"reason": note} if note else {}))
         write_text_atomic(self.work / "progress.json", json.dumps(
             {"format": "hwcompile.search-progress/1", "stage": "done", "plan": plan.to_dict(), **info},
             indent=1, default=float) + "\n")

@@ -33,15 +33,17 @@ from typing import Callable
 
 import numpy as np
 
-from ..backends.base import Artifact, Backend, Profile
+from ..contract import Artifact, Backend, Profile
 from ..data import Dataset
 from ..errors import HwcompileError
 from ..ir import Graph, to_bytes
-from ..plan import QuantSettings, write_text_atomic
+from ..atomic import write_text_atomic
+from ..contract import PrecisionPlan
+from ..measure import build
 from ..targets import Target
 from .candidates import Candidate
 
-__all__ = ["LatencyTable", "measure_latency", "cache_path", "record_from_profile", "CACHE_FORMAT"]
+__all__ = ["LatencyTable", "measure_latency", "cache_path", "record_from_profile", "rescaled", "CACHE_FORMAT"]
 
 CACHE_FORMAT = "hwcompile.latency/1"
 Visit = Callable[[Candidate, Artifact, Profile], None]
@@ -85,7 +87,7 @@ class LatencyTable:
 
 
 def cache_path(target: Target, backend: Backend, graph: Graph) -> Path:
-    from ..report.versions import tool_versions
+    from ..versions import tool_versions
 
     from ..cache import kind_dir
 
@@ -105,18 +107,17 @@ def record_from_profile(graph: Graph, profile: Profile) -> dict:
 
 def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: list[Candidate],
                     feeds: dict[str, np.ndarray], workdir: Path, *, calib: Dataset | None = None,
-                    quant: QuantSettings | None = None, repeats: int = 20, warmup: int = 5,
+                    base: PrecisionPlan | None = None, repeats: int = 20, warmup: int = 5,
                     cache: dict | None = None, use_cache: bool = True, visit: Visit | None = None, rounds: int = 3,
                     progress: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """One uniform build per candidate, profiled per layer (or read from the JSON cache).
 
     With ``visit`` every candidate is built even when cached (per-layer profiling is then
     skipped) and ``visit(candidate, artifact, profile)`` is called, so the caller can measure
-    accuracy and size on the same artifact. Per-layer times are the element-wise median of
+    accuracy and size on the same artifact. Uniform plans take ``base``'s numerics, pruning settings
+    and input shapes. Per-layer times are the element-wise median of
     ``rounds`` profiles: on a shared machine one preempted kernel run can otherwise double a layer.
     """
-    from ..pipeline import build
-
     from ..cache import enabled
 
     use_cache = use_cache and enabled()
@@ -133,7 +134,7 @@ def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: 
         progress(f"latency: uniform {cand.name}")
         out = Path(tempfile.mkdtemp(prefix=f"uniform-{cand.name.replace(':', '_')}-", dir=workdir))
         try:
-            _, art = build(graph, cand.uniform_plan(quant), target, backend, out, calib, cache=cache)
+            _, art = build(graph, cand.uniform_plan(base), target, backend, out, calib, cache=cache)
             prof = backend.profile(art, target, feeds, repeats=repeats, warmup=warmup, per_layer=hit is None)
             if hit is None and rounds > 1:
                 prof = _median_layers(prof, [backend.profile(art, target, feeds, repeats=1, warmup=0, per_layer=True)
@@ -149,7 +150,7 @@ def measure_latency(graph: Graph, target: Target, backend: Backend, candidates: 
             if use_cache:
                 _write(path, stored)
         else:  # keep the cached split, rescaled to today's end-to-end measurement
-            table.add(cand.name, _rescaled(hit, prof.timing.latency_ms, prof.timing.latency_ms_spread))
+            table.add(cand.name, rescaled(hit, prof.timing.latency_ms, prof.timing.latency_ms_spread))
         if visit is not None:
             visit(cand, art, prof)
     return table
@@ -164,7 +165,8 @@ def _median_layers(first: Profile, more: list[Profile]) -> Profile:
     return Profile(timing=first.timing, layers_ms=layers, unmapped_ms=unmapped, info=first.info)
 
 
-def _rescaled(rec: dict, e2e: float, spread: float) -> dict:
+def rescaled(rec: dict, e2e: float, spread: float) -> dict:
+    """A latency record with every time scaled so its end-to-end figure is ``e2e``."""
     f = e2e / rec["end_to_end_ms"] if rec["end_to_end_ms"] > 0 else 1.0
     return {"layers_ms": {k: v * f for k, v in rec["layers_ms"].items()}, "remainder_ms": rec["remainder_ms"] * f,
             "end_to_end_ms": e2e, "spread_ms": spread}

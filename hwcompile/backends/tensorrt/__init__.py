@@ -24,9 +24,10 @@ import numpy as np
 
 from ...errors import PassError
 from ...ir import Graph, save, to_proto
-from ...plan import PrecisionPlan, parse_sparsity, write_text_atomic
+from ...atomic import write_text_atomic
+from ...contract import Artifact, Backend, Capabilities, Feeds, PrecisionPlan, Profile, QDQStyle, Runner, Timing
+from ...contract import parse_sparsity
 from ...targets import Target
-from ..base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner, Timing
 from .engine import build_engine, load_engine, profile_engine, tensorrt_status
 from .rules import check_model, render
 
@@ -36,13 +37,19 @@ __all__ = ["TensorRTBackend", "fake_quant_session_options"]
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def status(self, target: Target) -> tuple[bool, str]:
-        return tensorrt_status()
+    def capabilities(self, target: Target) -> Capabilities:
+        ok, why = tensorrt_status()
+        reasons = {} if ok else {"build": why, "run": f"onnxruntime CPU emulation: {why}",
+                                 "profile": f"onnxruntime CPU emulation: {why}"}
+        qdq = QDQStyle(activation_dtype="int8", weight_dtype="int8", symmetric_activations=True, quantize_bias=False,
+                       int8_embeddings=False, allow_dynamic=False, allow_contrib_ops=False)
+        sparse = ("2:4",) if target.settings.get("sparse_weights", True) is True else ()
+        return Capabilities(backend=self.name, precisions=("fp32", "fp16", "int8", "int4w"),
+                            sparsity=("2:4", "unstructured", "channels"), sparse_kernels=sparse, qdq=qdq,
+                            can_build=ok, reasons=reasons)
 
-    def qdq_style(self, target: Target) -> QDQStyle:
-        return QDQStyle(activation_dtype="int8", weight_dtype="int8", symmetric_activations=True, quantize_bias=False,
-                        int8_embeddings=False,
-                        allow_dynamic=False, allow_contrib_ops=False)
+    def check_deployment(self, model, *, sparsity: str | None = None) -> list:
+        return check_model(model, sparsity=sparsity)
 
     def versions(self) -> dict[str, str]:
         ok, msg = tensorrt_status()

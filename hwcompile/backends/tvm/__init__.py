@@ -17,7 +17,7 @@ AVX2 kernels: there, with int8 weights, onnxruntime was the one off by ~12% when
 Settings (``[backend_settings]``, see ``build.TVMSettings``): ``target`` (a TVM target table,
 ``mcpu = "host"`` for this CPU), ``cc``, ``int8_kernels``, ``tune_trials``, ``tune_trials_per_task``, ``tune_timeout_s``,
 ``rpc_host``, ``rpc_key``, ``rpc_timeout_s``. Static shapes for dynamic inputs may be given as
-``plan.notes["input_shapes"]`` ({input: [dims]}); otherwise dynamic dimensions stay symbolic, except
+``plan.input_shapes`` ({input: dims}, from ``--shape``); otherwise dynamic dimensions stay symbolic, except
 when tuning, where a dynamic batch becomes 1. A library built for a fixed batch runs larger batches
 in slices. Tuning runs in a child process (``tune.py``) so a crash keeps the records measured so far.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 
 from ...errors import BackendUnavailable, HwcompileError
 from ...ir import SERVES, Graph, save, to_proto
-from ...plan import PrecisionPlan, write_text_atomic
+from ...atomic import write_text_atomic
+from ...contract import Artifact, Backend, Capabilities, Feeds, PrecisionPlan, Profile, QDQStyle, Runner
 from ...targets import Target
-from ..base import Artifact, Backend, Feeds, Profile, QDQStyle, Runner
 from .build import (HEAD_OPS, TVMSettings, batch_one, check_importable, compile_relax, export, import_tvm, to_relax,
                     tuning_dir, tvm_target)
 from .run import default_threads, layer_times, open_session, time_vm
@@ -45,27 +45,36 @@ _LIBRARY, _ONNX, _INFO = "model.so", "model.onnx", "tvm.json"
 class TVMBackend(Backend):
     name = "tvm"
 
-    def status(self, target: Target) -> tuple[bool, str]:
+    Settings = TVMSettings
+
+    def capabilities(self, target: Target) -> Capabilities:
+        settings = TVMSettings.from_target(target)   # settings errors are the target's, whatever is installed
+        reasons: dict[str, str] = {}
+        can_build = can_run = True
         try:
             import_tvm()
-            settings = TVMSettings.from_target(target)
             tvm_target(settings)
         except HwcompileError as e:
-            return False, e.render()
+            reasons = {k: e.render() for k in ("build", "run", "profile")}
+            can_build = can_run = False
         rpc_note = ("running and profiling need the device over TVM RPC: set backend_settings.rpc_host "
                     "('tracker-host:port' with rpc_key, or an RPC server's host:port)")
-        if settings.cc and shutil.which(settings.cc) is None:
+        if can_build and settings.cc and shutil.which(settings.cc) is None:
             why = f"cross compiler '{settings.cc}' (backend_settings.cc) not found on PATH"
-            return False, why + ("" if settings.rpc else f"; then {rpc_note}")
-        if settings.is_cross and settings.rpc is None:
-            return True, f"builds here; {rpc_note}"
-        return True, ""
-
-    def qdq_style(self, target: Target) -> QDQStyle:
+            reasons["build"] = why + ("" if settings.rpc else f"; then {rpc_note}")
+            can_build = False
+        if can_run and settings.is_cross and settings.rpc is None:
+            reasons["run"] = reasons["profile"] = rpc_note
+            reasons.setdefault("build", f"builds here; {rpc_note}")
+            can_run = False
         # relax.quantize/dequantize take uint8/int8 with any zero point, per tensor or per channel;
         # integer ops accumulate in int32 (no saturation), so no reduced range or uint8 GEMM weights;
         # no com.microsoft ops (MatMulNBits): INT4 becomes block-wise DQ, which lower() refuses by name
-        return QDQStyle(gemm_weight_dtype="int8", reduce_range_conv=False, allow_contrib_ops=False)
+        qdq = QDQStyle(gemm_weight_dtype="int8", reduce_range_conv=False, allow_contrib_ops=False)
+        return Capabilities(backend=self.name, precisions=("fp32", "fp16", "int8", "int8dyn"),
+                            sparsity=("2:4", "N:M", "unstructured", "channels"), qdq=qdq, can_build=can_build,
+                            can_run=can_run, can_profile=can_run,
+                            per_layer_profile=settings.rpc is None, reasons=reasons)
 
     def versions(self) -> dict[str, str]:
         try:
@@ -81,7 +90,7 @@ class TVMBackend(Backend):
         out_dir.mkdir(parents=True, exist_ok=True)
         proto = to_proto(graph)
         check_importable(proto)
-        shapes = dict(plan.notes.get("input_shapes") or {})
+        shapes = {k: list(v) for k, v in plan.input_shapes.items()}
         if settings.tune_trials > 0:  # MetaSchedule tunes static shapes: a dynamic batch becomes 1
             shapes = batch_one(proto, shapes)
         mod = to_relax(proto, shapes, static=settings.tune_trials > 0)

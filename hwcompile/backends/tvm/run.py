@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailable
-from ..base import Feeds, Timing
+from ...contract import Feeds, Timing, summarize
 from .build import TVMSettings, import_tvm
 
 __all__ = ["Session", "open_session", "time_vm", "layer_times", "kernel_class", "default_threads"]
@@ -100,9 +100,7 @@ def time_vm(session: Session, feeds: Feeds, names: list[str], *, repeats: int, w
         vm.invoke_stateful("main")
     res = vm.time_evaluator("invoke_stateful", session.device, number=1, repeat=repeats)("main")
     samples = [float(s) * 1e3 for s in res.results]
-    q = np.percentile(samples, [10, 25, 75, 90])
-    return Timing(latency_ms=float(statistics.median(samples)), latency_ms_spread=float(q[2] - q[1]),
-                  p10_ms=float(q[0]), p90_ms=float(q[3]), repeats=repeats, warmup=warmup, threads=threads)
+    return summarize(samples, warmup=warmup, threads=threads)
 
 
 def kernel_class(symbol: str) -> str | None:
