@@ -152,7 +152,6 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
     ``hwcompile.latency_table``. With ``options.use_cache`` False no cache is read or written."""
     from . import cache
     from .quant.calibration import calibration_batch
-    from .report.assemble import assemble_report
 
     options = options or CompileOptions()
     options.validate()
@@ -163,8 +162,9 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
 def _compile_model(model_path, target_name, out_dir, options: CompileOptions, progress: Progress,
                    force: bool) -> CompileResult:
     from .latency_table import LatencyTable, MeasuredBackend
-    from .versions import tool_versions
+    from .report.assemble import assemble_report
     from .report.writer import write_outputs
+    from .versions import tool_versions
 
     t_start = time.perf_counter()
     if model_path is None:
