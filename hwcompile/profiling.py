@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from .backends.base import open_target
-from .contract import Artifact, PrecisionPlan
+from .contract import Artifact, PrecisionPlan, check_input_shapes
 from .errors import ConfigError
 from .ir import load
 from .measure import profile_feeds
@@ -15,7 +15,11 @@ from .measure import profile_feeds
 __all__ = ["profile_path"]
 
 
-def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: Callable[[str], None] = lambda s: None) -> dict:
+def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: Callable[[str], None] = lambda s: None,
+                 shapes: Mapping[str, Any] | None = None) -> dict:
+    """Profile an ONNX file (lowered as FP32) or an hwcompile output folder; ``shapes`` fixes dynamic
+    input dimensions for the lowering (as ``--shape`` does for compile) and the profiling input."""
+    shapes = check_input_shapes(shapes or {}, "--shape")
     opened = open_target(target_name)
     target, backend = opened.target, opened.backend
     path = Path(path)
@@ -26,9 +30,9 @@ def profile_path(path: Path, target_name: str, *, repeats: int = 50, progress: C
         else:
             progress("import")
             graph = load(path)
-            artifact = backend.lower(graph, PrecisionPlan.uniform("fp32"), target, Path(tmp))
+            artifact = backend.lower(graph, PrecisionPlan(input_shapes=shapes), target, Path(tmp))
         progress(f"profile on {target.name}")
-        prof = backend.profile(artifact, target, profile_feeds(graph, None), repeats=repeats, warmup=max(3, repeats // 5))
+        prof = backend.profile(artifact, target, profile_feeds(graph, None, shapes), repeats=repeats, warmup=max(3, repeats // 5))
     ops = {n.name: n.op_type for n in graph.main}
     layers = [{"layer": k, "op": ops.get(k, "?"), "ms": v} for k, v in sorted(prof.layers_ms.items(), key=lambda kv: -kv[1])]
     layers += [{"layer": f"(unmapped) {k}", "op": "?", "ms": v} for k, v in prof.unmapped_ms.items()]

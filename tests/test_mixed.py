@@ -428,13 +428,13 @@ def test_boundary_weight_is_the_converted_tensor_size():
     # conv_b with stride 2: the conv_a -> conv_b edge carries 4x the elements of conv_b -> conv_c
     import onnx
 
-    from hwcompile.search.driver import _layer_edges
+    from hwcompile.search.driver import layer_edges
 
     model = fragile_model()
     conv_b = next(n for n in model.graph.node if n.name == "conv_b")
     conv_b.attribute.append(onnx.helper.make_attribute("strides", [2, 2]))
     model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 4
     model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 4
-    edges, weight = _layer_edges(from_proto(model))
+    edges, weight = layer_edges(from_proto(model))
     assert edges == [(0, 1), (1, 2)]
     assert weight == pytest.approx([1.6, 0.4])          # 512 and 128 elements, relative to their mean

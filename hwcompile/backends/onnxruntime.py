@@ -150,7 +150,8 @@ class OnnxRuntimeBackend(Backend):
         so = sess.get_session_options()
         threads = so.intra_op_num_threads or (os.cpu_count() or 1)
         timing = time_runs(lambda: sess.run(None, feed), repeats=repeats, warmup=warmup, threads=threads)
-        prof = Profile(timing=timing)
+        prof = Profile(timing=timing, info={"timer": "perf_counter around InferenceSession.run",
+                                            "per_layer_timer": "onnxruntime profiler"})
         if per_layer:
             layers, unmapped, kernels = self._per_layer(artifact, target, feed, runs=max(5, repeats // 5))
             prof.layers_ms, prof.unmapped_ms = layers, unmapped

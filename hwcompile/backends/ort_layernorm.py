@@ -3,11 +3,9 @@
 onnxruntime's graph optimizer rewrites ``LayerNormalization(Add(a, b))`` into its contrib
 ``SkipLayerNormalization`` whenever both Add inputs are 3-D with static dims (its
 ``SkipLayerNormFusion``; batch may be a shared symbolic dim). The fusion is meant to save a pass
-over memory, but on onnxruntime 1.32's CPU provider the fused kernel measured 330 us for a
-[1, 128, 384] input where Add (34 us) and LayerNormalization (54 us) took 88 us together: on
-MiniLM's dynamic-INT8 build, 12 such fusions cost 2.9 ms of 33 ms (kernel time, one thread).
-The FP32 export escapes the fusion only because its shapes are symbolic; quantized builds, whose
-residual Adds read fixed-shape outputs, do not.
+over memory, but the fused CPU kernel can be slower than Add + LayerNormalization
+(``benchmarks/SEARCH_NOTES.md`` has the measurements). An export with symbolic shapes escapes the
+fusion; quantized builds, whose residual Adds read fixed-shape outputs, do not.
 
 The fusion matches the op type ``Add`` only. ``Sum`` of two inputs is the same computation (with
 the same broadcasting) and any runtime runs it, so ``sum_for_slow_skip_layernorm`` writes those Adds

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ir import Graph, const_array, is_constant
+from ..ir.weights import trans_b
 from .base import PassResult
 
 __all__ = ["fold_bn", "check_fold_bn"]
@@ -92,8 +93,7 @@ def _rewrite(graph: Graph, bn: ir.Node) -> None:
         scale = s.reshape((groups, 1, k_per_g) + (1,) * (w.ndim - 2))
         new_w = (grouped * scale).reshape(w.shape)
     elif op == "Gemm":
-        trans_b = prod.attributes["transB"].as_int() if "transB" in prod.attributes else 0
-        new_w = w64 * (s[:, None] if trans_b else s[None, :])
+        new_w = w64 * (s[:, None] if trans_b(prod) else s[None, :])
     else:  # MatMul [K, N]; Gemm keeps alpha, which multiplies the scaled weight as before
         new_w = w64 * s[None, :]
     bias_val = prod.inputs[2] if len(prod.inputs) > 2 else None

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from ..contract import QDQStyle
 from ..errors import UnsupportedError
 from ..ir import Graph, const_array
+from ..ir.weights import trans_b
 from ..contract import PrecisionPlan
 from ..quant.qparams import quantize, weight_qparams
 from ..quant.weights import stored_weight
@@ -43,7 +44,7 @@ def quantize_dynamic_layers(graph: Graph, layers: list[ir.Node], plan: Precision
             w = const_array(node.inputs[1]).astype(np.float32)
         elif node.op_type == "Gemm" and _plain_gemm(node):
             b = const_array(node.inputs[1]).astype(np.float32)
-            w = b.T if node.attributes.get("transB") is not None and node.attributes["transB"].as_int() else b
+            w = b.T if trans_b(node) else b
         else:
             skipped[node.name] = "dynamic INT8 applies to MatMul/Gemm with a 2-D constant weight"
             continue

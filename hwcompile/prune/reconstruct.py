@@ -40,6 +40,7 @@ import onnxruntime as ort
 from ..data import Dataset
 from ..errors import DataError, UnsupportedError
 from ..ir import Graph, const_array, to_proto
+from ..ir.weights import weight_layout
 from ..quant.calibration import im2col
 from ..quant.collect import in_memory_session, run_with_outputs
 from ..quant.compensate import refit_from_gram, sparsegpt_prune, weight_to_rows, rows_to_weight
@@ -75,11 +76,9 @@ def layer_layout(node: ir.Node) -> tuple[str, int]:
     if node.op_type == "Conv" and ndim == 4:
         g = node.attributes.get("group")
         return "conv", g.as_int() if g is not None else 1
-    if node.op_type == "Gemm" and ndim == 2:
-        tb = node.attributes.get("transB")
-        return ("gemm_nt" if tb is not None and tb.as_int() else "matmul"), 1
-    if node.op_type == "MatMul" and ndim == 2:
-        return "matmul", 1
+    layout = weight_layout(node, ndim)
+    if layout in ("gemm_nt", "matmul"):
+        return layout, 1
     raise UnsupportedError(f"no least-squares refit for {node.op_type} with a {ndim}-D weight",
                            where=f"node '{node.name}'", hint="2-D Conv, Gemm and MatMul with a 2-D weight are refit")
 

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from ..errors import ConfigError
 from ..ir import Graph, const_array
+from ..ir.weights import trans_b
 from ..contract import parse_sparsity
 from ..quant.compensate import rows_to_weight, weight_to_rows
 from .masks import global_magnitude_masks, magnitude_mask, nm_mask, reduction_axis, wanda_scores
@@ -71,8 +72,7 @@ def parse_target(text: str) -> WeightTarget | None:
 
 
 def _attrs(node: ir.Node) -> dict[str, int]:
-    tb = node.attributes.get("transB")
-    return {"transB": tb.as_int() if tb is not None else 0}
+    return {"transB": int(trans_b(node))}
 
 
 def nm_axis(node: ir.Node, w: np.ndarray) -> int:

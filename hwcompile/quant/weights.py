@@ -17,22 +17,11 @@ from ..contract import QDQStyle
 from ..ir import Graph, const_array
 from ..contract import QuantSettings
 from ..errors import ConfigError, DataError
+from ..ir.weights import output_axis, weight_layout
 from .compensate import bias_correction, gptq_quantize
 from .qparams import QParams, dequantize, quantize, weight_qparams
 
 __all__ = ["output_axis", "reduction_matrix", "quantize_layer_weight", "weight_error_bias_delta", "stored_weight"]
-
-
-def output_axis(node: ir.Node, ndim: int) -> int:
-    op = node.op_type
-    if op == "Conv":
-        return 0
-    if op == "ConvTranspose":
-        return 1
-    if op == "Gemm":
-        t = node.attributes.get("transB")
-        return 0 if t is not None and t.as_int() else 1
-    return ndim - 1  # MatMul [K, N]
 
 
 def _group(node: ir.Node) -> int:
@@ -60,13 +49,8 @@ def _from_rows(node: ir.Node, rows: np.ndarray, shape: tuple) -> np.ndarray:
 def weight_error_bias_delta(node: ir.Node, w: np.ndarray, wq: np.ndarray, x_mean: np.ndarray) -> np.ndarray | None:
     """Per output channel ``-(Wq - W) @ E[x]`` (see ``compensate.bias_correction``), or None when
     the layer's layout has no bias correction or the input mean does not match it."""
-    if node.op_type == "Conv":
-        layout = "conv"
-    elif node.op_type == "Gemm" and w.ndim == 2:
-        layout = "gemm_nt" if output_axis(node, 2) == 0 else "matmul"
-    elif node.op_type == "MatMul" and w.ndim == 2:
-        layout = "matmul"
-    else:
+    layout = weight_layout(node, w.ndim)
+    if layout is None:
         return None
     try:
         return bias_correction(w, wq, x_mean, layout, _group(node))

@@ -42,6 +42,7 @@ def assemble_report(model_path, input_hash, target: Target, backend: Backend, gr
         "layers": layers,
         "unmapped_kernels_ms": profile.unmapped_ms,
         "kernels": profile.info.get("kernels", [])[:50],
+        "per_layer_timer": profile.info.get("per_layer_timer"),
         "passes": pass_log,
         "specialization": {"shapes": graph.meta.get("shape_specialization"),
                            "attention_masks": graph.meta.get("attention_masks"),

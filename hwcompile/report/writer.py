@@ -91,7 +91,8 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         top = sorted(layers, key=lambda kv: -kv[1])[:25]
         fig, ax = plt.subplots(figsize=(8, 0.28 * len(top) + 1))
         ax.barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#4a7bb7")
-        ax.set_xlabel("ms per run (onnxruntime profiler)" if report["backend"] == "onnxruntime" else "ms per run")
+        timer = report.get("per_layer_timer")
+        ax.set_xlabel(f"ms per run ({timer})" if timer else "ms per run")
         ax.set_title("Slowest layers of the compiled model")
         plots.append(("Per-layer latency", _png(fig)))
         plt.close(fig)

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from ..contract import CANDIDATES, FP32, Candidate, parse_candidate
 from ..ir import Graph, const_array
+from ..ir.weights import output_axis
 from ..passes.candidates import applicable, target_candidates
 
 __all__ = ["Candidate", "FP32", "parse_candidate", "target_candidates", "applicable", "weight_bytes"]
@@ -40,8 +41,7 @@ def weight_bytes(graph: Graph, node: ir.Node, cand: Candidate, *, block: int = 3
     else:
         total = elems * _BITS[wfmt] / 8
     if wfmt == "int8":
-        trans_b = node.attributes.get("transB")
-        out_ch = shape[0] if node.op_type == "Conv" or (trans_b is not None and trans_b.as_int()) else shape[-1]
+        out_ch = shape[output_axis(node, len(shape))]
         total += 4 * out_ch
     elif wfmt == "int4":
         k, n_out = shape[0], int(np.prod(shape[1:]))

@@ -10,9 +10,8 @@ i and j take different candidates by ``y_e >= x_ic - x_jc`` for every c.
     noise(x)   = k sum_ic D_ic x_ic,   D_ic = 10^(-snr_ic/10)              predicted SNR = -10 log10 noise
 
 ``z`` in [0, 1] is forced to 1 by ``z >= y_e`` when the plan has any boundary at all: ``m``
-(``Problem.mixed_ms``) is what a mixed plan costs beyond its boundaries (on onnxruntime's CPU
-provider, measured mixed EfficientNet plans ran ~1 ms over the per-layer + per-boundary model;
-``benchmarks/results/boundary_costs.json``).
+(``Problem.mixed_ms``) is what a mixed plan costs beyond its boundaries
+(``benchmarks/SEARCH_NOTES.md``).
 ``D_ic`` is layer i's noise-to-signal ratio alone with candidate c; independent noise powers add,
 so the sum predicts the plan's output noise; ``k`` (default 1) is a correction fitted from
 measured builds, ``t`` and ``L0`` likewise for latency. ``w_e`` (``Problem.edge_weight``, default 1)
