@@ -21,7 +21,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import CommonSubexpressionEliminationPass, DeduplicateInitializersPass
 
 from ..ir import Graph, const_array, is_constant
-from .base import PassResult
+from .base import PassResult, structure
 
 __all__ = ["fold_attention_mask", "attention_masks", "check_attention_mask", "split_scores"]
 
@@ -31,7 +31,7 @@ CONST_LIMIT = 16      # constants up to this many elements are merged by value (
 
 
 def fold_attention_mask(graph: Graph) -> PassResult:
-    before_nodes = graph.main.num_nodes()
+    before_nodes, shape = graph.main.num_nodes(), structure(graph)
     before = attention_masks(graph)
     if before:          # no masked attention: leave every other graph as it is
         DeduplicateInitializersPass(size_limit=CONST_LIMIT)(graph.model)
@@ -41,7 +41,8 @@ def fold_attention_mask(graph: Graph) -> PassResult:
     record = graph.meta.setdefault("attention_masks", {"distinct_before": len({id(m) for m in before.values()})})
     record.update(sites=len(after), distinct_after=len({id(m) for m in after.values()}), declined=declined)
     removed = before_nodes - graph.main.num_nodes()
-    return PassResult(graph, removed > 0, {"nodes_merged": removed})
+    # merging duplicate initializers rewires inputs without removing nodes: modified is any change
+    return PassResult(graph, structure(graph) != shape, {"nodes_merged": removed}, declined)
 
 
 fold_attention_mask.name, fold_attention_mask.in_place = "fold_attention_mask", True
