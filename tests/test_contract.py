@@ -189,6 +189,42 @@ def test_shape_reaches_the_tvm_backend(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "o" / "tvm.json").read_text())["input_shapes"] == {"x": [3, 16]}
     assert json.loads((tmp_path / "o" / "plan.json").read_text())["input_shapes"] == {"x": [3, 16]}
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["target"]["capabilities"]["precisions"] == ["fp32", "fp16", "int8", "int8dyn"]
+
+
+def test_report_says_what_the_plan_passes_declined(tmp_path):
+    """int8dyn: the layer the dynamic rewrite cannot take is named in report.json with its reason."""
+    model = tmp_path / "mlp.onnx"
+    m = _dynamic_mlp()
+    m.graph.node[2].op_type = "Gemm"          # alpha != 1: the dynamic rewrite declines it
+    m.graph.node[2].attribute.append(helper.make_attribute("alpha", 0.5))
+    onnx.save(m, model)
+    r = _run("compile", model, "--precision", "int8dyn", "--repeats", "2", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    q = report["plan_passes"]["quantize"]
+    assert q["dynamic_int8"] == 1 and q["runs"] == 1 and list(q["declined"]) == ["fc2"] and "Gemm" in q["declined"]["fc2"]
+    assert report["target"]["capabilities"]["backend"] == "onnxruntime"
+
+
+def test_profile_path_lowers_with_the_given_shapes(tmp_path, monkeypatch):
+    from hwcompile.profiling import profile_path
+
+    model = tmp_path / "mlp.onnx"
+    onnx.save(_dynamic_mlp(), model)
+    seen = []
+    real = OnnxRuntimeBackend.lower
+
+    def lower(self, graph, plan, target, out_dir):
+        seen.append(dict(plan.input_shapes))
+        return real(self, graph, plan, target, out_dir)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "lower", lower)
+    res = profile_path(model, "host-cpu", repeats=2, shapes={"x": [5, 16]})
+    assert seen == [{"x": (5, 16)}] and res["latency_ms"] > 0
+    with pytest.raises(ConfigError, match="no input"):
+        profile_path(model, "host-cpu", repeats=2, shapes={"nope": [1, 16]})
 
 
 class _Recording(OnnxRuntimeBackend):

@@ -96,7 +96,7 @@ def test_plan_passes_run_through_the_runner_and_say_what_they_declined():
     apply_plan(g, plan, STYLE, None, log=log)
     assert set(log["quantize"]["declined"]) == {n.name for n in g.layers()}
     assert "MatMul/Gemm" in next(iter(log["quantize"]["declined"].values()))
-    assert log["quantize"]["runs"] == 0 and g.meta["plan"] is plan
+    assert log["quantize"]["runs"] == 0 and g.meta["plan"] is plan and g.meta["plan_passes"] is log
     g2 = cleanup(_graph())
     first = g2.layers()[0].name
     plan2 = PrecisionPlan(layers={first: LayerChoice(sparsity="2:4")})   # 3 input channels: no 2:4 groups

@@ -38,10 +38,13 @@ def plan_passes(plan: PrecisionPlan, style: QDQStyle, calib: Dataset | None, cac
 def apply_plan(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dataset | None,
                cache: dict | None = None, log: dict | None = None) -> Graph:
     """Apply ``plan`` to ``graph`` (in place) through the pass runner: each plan pass once, then dead
-    code to a fixpoint. ``log`` collects what each pass did and declined (``run_passes``)."""
+    code to a fixpoint. What each pass did and declined (``run_passes``'s log) goes to ``log`` and to
+    ``graph.meta["plan_passes"]``."""
     cache = cache if cache is not None else {}
+    log = log if log is not None else {}
     passes = plan_passes(plan, style, calib, cache, [n.name for n in graph.layers()])
     graph = run_passes(graph, passes, max_rounds=1, log=log)
     graph = run_passes(graph, [eliminate_dead_code], log=log)  # drop the float weights the passes replaced
     graph.meta["plan"] = plan   # what the graph now implements (read by backends and test devices)
+    graph.meta["plan_passes"] = log
     return graph
