@@ -72,7 +72,10 @@ def test_replay_from_cache_remeasure_and_no_cache(tmp_path):
                               if k not in ("seconds", "measurements")}
         assert replayed("one") == replayed("two")      # the times are the first compile's, replayed
         third = compile_model(None, "host-cpu", tmp_path / "three", opts(remeasure=True))
-        assert third.report["measurements"] == {"measured": n, "pinned": 0, "cached": 0}
+        # remeasured: nothing replayed. (How many profiles the mixed search takes depends on the new
+        # timings: with other processes loading the machine it measured 42, 50 and 66 where the first took 42.)
+        assert third.report["measurements"]["cached"] == 0 and third.report["measurements"]["pinned"] == 0
+        assert third.report["measurements"]["measured"] > 0
         before = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
         fourth = compile_model(None, "host-cpu", tmp_path / "four", opts(use_cache=False))
         assert fourth.report["measurements"]["cached"] == 0
