@@ -14,6 +14,8 @@ from typing import Callable, Mapping
 import numpy as np
 import onnxruntime as ort
 
+from hwcompile.atomic import write_text_atomic
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -80,10 +82,8 @@ def machine() -> dict:
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}, indent=2,
-                              default=float) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}, indent=2,
+                                       default=float) + "\n")
     return path
 
 

@@ -7,12 +7,12 @@ written to a temporary name beside the destination and renamed into place when c
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
+from ..atomic import atomic_path
 from .graph import Graph
 
 __all__ = ["to_proto", "save", "to_bytes"]
@@ -38,24 +38,15 @@ def save(graph: Graph | onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write ``graph`` to ``path`` atomically; large models get one external-data file beside it."""
     proto = to_proto(graph) if isinstance(graph, Graph) else graph
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         if proto.ByteSize() > _EXTERNAL_THRESHOLD:
             data_name = dest.name + ".data"
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name + ".tmp")
             os.replace(dest.parent / (data_name + ".tmp"), dest.parent / data_name)
-            _rename_location(tmp, data_name)
+            _rename_location(str(tmp), data_name)
         else:
-            with open(tmp, "wb") as f:
-                f.write(proto.SerializeToString(deterministic=True))
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            tmp.write_bytes(proto.SerializeToString(deterministic=True))
     return dest
 
 
