@@ -42,3 +42,11 @@ class PassError(HwcompileError):
 
 class BackendUnavailable(HwcompileError):
     """A backend's toolchain or device is not present on this machine (says exactly why)."""
+
+
+class DeviceError(HwcompileError):
+    """A device or runtime failed, hung or went away while running or profiling a model."""
+
+
+class RunTimeout(DeviceError):
+    """A run or profile took longer than its time limit (``HWCOMPILE_RUN_TIMEOUT_S``)."""

@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
+from . import ort_guard
 from .data import Dataset, as_feeds
 from .ir import Graph, to_bytes
 
@@ -42,7 +43,8 @@ def session_options(settings: Mapping | None = None) -> ort.SessionOptions:
 
 def cpu_session(model: bytes | str, settings: Mapping | None = None) -> ort.InferenceSession:
     """A CPU-provider session of a serialized model (or a model path) under ``settings``."""
-    return ort.InferenceSession(model, session_options(settings), providers=["CPUExecutionProvider"])
+    where = model if isinstance(model, str) else "in-memory model"
+    return ort_guard.session(model, session_options(settings), ["CPUExecutionProvider"], where=where)
 
 
 class InMemoryRunner:
@@ -57,5 +59,6 @@ class InMemoryRunner:
     def run(self, data: Dataset) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = []
         for batch in data.batches(batch_size=len(data) if self.batched else 1):
-            outs.append(self.sess.run(None, as_feeds(batch, self.graph)))
+            outs.append(ort_guard.run(self.sess, None, as_feeds(batch, self.graph),
+                                      where=self.graph.source or "in-memory graph"))
         return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]

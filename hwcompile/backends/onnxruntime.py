@@ -27,6 +27,7 @@ import onnxruntime as ort
 from ..atomic import write_text_atomic
 from ..contract import (CANDIDATES, Artifact, Backend, BackendSettings, Capabilities, Feeds, PrecisionPlan, Profile,
                         QDQStyle, Runner, time_runs)
+from .. import ort_guard
 from ..errors import DataError
 from ..ir import SERVES, Graph, save
 from ..ort_session import LEVELS, InMemoryRunner, session_options
@@ -128,7 +129,8 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, artifact: Artifact, target: Target, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
         settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())
         so = so or session_options(settings)
-        sess = ort.InferenceSession(str(artifact.path("model")), so, providers=[settings["execution_provider"]])
+        sess = ort_guard.session(str(artifact.path("model")), so, [settings["execution_provider"]],
+                                 where=str(artifact.path("model")))
         if sess.get_providers()[0] != settings["execution_provider"]:
             raise DataError(f"session fell back to {sess.get_providers()[0]}", where="execution_provider")
         return sess
@@ -138,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
         names = [i.name for i in sess.get_inputs()]
 
         def run(feeds: Feeds) -> list[np.ndarray]:
-            return sess.run(None, {k: feeds[k] for k in names})
+            return ort_guard.run(sess, None, {k: feeds[k] for k in names}, where=str(artifact.path("model")))
 
         return run
 
@@ -149,7 +151,8 @@ class OnnxRuntimeBackend(Backend):
         feed = {k: feeds[k] for k in names}
         so = sess.get_session_options()
         threads = so.intra_op_num_threads or (os.cpu_count() or 1)
-        timing = time_runs(lambda: sess.run(None, feed), repeats=repeats, warmup=warmup, threads=threads)
+        with ort_guard.deadline(str(artifact.path("model"))) as ro:
+            timing = time_runs(lambda: sess.run(None, feed, ro), repeats=repeats, warmup=warmup, threads=threads)
         prof = Profile(timing=timing, info={"timer": "perf_counter around InferenceSession.run",
                                             "per_layer_timer": "onnxruntime profiler"})
         if per_layer:
@@ -165,11 +168,14 @@ class OnnxRuntimeBackend(Backend):
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tmp, "ort")
             so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-            sess = ort.InferenceSession(str(artifact.path("model")), so, providers=[settings["execution_provider"]])
-            sess.run(None, feed)  # warm-up (its events are dropped below)
-            for _ in range(runs):
-                sess.run(None, feed)
-            trace = json.loads(Path(sess.end_profiling()).read_text())
+            where = str(artifact.path("model"))
+            sess = ort_guard.session(str(artifact.path("model")), so, [settings["execution_provider"]], where=where)
+            with ort_guard.deadline(where) as ro:
+                sess.run(None, feed, ro)  # warm-up (its events are dropped below)
+                for _ in range(runs):
+                    sess.run(None, feed, ro)
+            with ort_guard.failures(where):
+                trace = json.loads(Path(sess.end_profiling()).read_text())
             optimized = onnx.load(os.path.join(tmp, "optimized.onnx"), load_external_data=False)
         original = onnx.load(str(artifact.path("model")), load_external_data=False)
         mapping = layer_map_from_model(original, optimized)

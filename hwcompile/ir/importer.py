@@ -46,7 +46,11 @@ def load(path: str | os.PathLike) -> Graph:
         raise ModelLoadError(f"not a valid ONNX model (truncated or corrupt protobuf: {e})", where=str(p)) from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelLoadError("not an ONNX model (no graph or no nodes)", where=str(p))
-    graph = from_proto(proto, source=str(p), path=p)
+    try:
+        graph = from_proto(proto, source=str(p), path=p)
+    except UnicodeDecodeError as e:  # protobuf decodes string fields (names, attributes) lazily
+        raise ModelLoadError(f"a name or string field is not valid UTF-8 ({e.reason} at byte {e.start})",
+                             where=str(p)) from None
     attach_external(graph.model, Path(os.path.realpath(p.parent)))
     return graph
 

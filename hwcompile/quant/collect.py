@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from ..data import Dataset, as_feeds, iterate
+from .. import ort_guard
 from ..errors import DataError
 from ..ir import Graph, to_proto
 from .observers import TensorStats
@@ -42,7 +43,7 @@ def in_memory_session(proto: onnx.ModelProto) -> ort.InferenceSession:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_guard.session(proto.SerializeToString(), so, ["CPUExecutionProvider"], where="calibration graph")
 
 
 def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndarray]], names: list[str],
@@ -58,7 +59,7 @@ def run_with_outputs(graph: Graph, data: Dataset | Iterable[Mapping[str, np.ndar
     seen = 0
     for batch in iterate(data, batch_size):
         feeds = as_feeds(batch, graph)
-        outs = sess.run(names, feeds) if sess is not None else []
+        outs = ort_guard.run(sess, names, feeds, where="calibration graph") if sess is not None else []
         visit({**feeds, **dict(zip(names, outs))})
         seen += len(next(iter(feeds.values())))
         if limit is not None and seen >= limit:
