@@ -250,8 +250,8 @@ def random_recipe(rng: random.Random, seeds: list[str], bytes_share: float = 0.5
 
 # ---- running a case --------------------------------------------------------------------------
 
-class CaseTimeout(Exception):
-    pass
+class CaseTimeout(BaseException):
+    """Past the time cap (a BaseException, so no ``except Exception`` in a library wraps it)."""
 
 
 @contextmanager
@@ -358,7 +358,12 @@ def run_case(data: bytes, work: Path, cap_s: float = 60.0, precisions=PRECISIONS
         return "error", f"{type(e).__name__}: {e.render()}"
     except CaseTimeout as e:
         return "hang", str(e)
-    except Exception:
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, CaseTimeout):  # wrapped by a library's ``except BaseException`` re-raise
+                return "hang", str(cause)
         return "crash", traceback.format_exc(limit=-6)
 
 
