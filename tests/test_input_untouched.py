@@ -69,9 +69,11 @@ def test_plan_file_and_compiled_folder_untouched(inputs, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_bytes((out / "plan.json").read_bytes())
     compiled = _snapshot(out)
-    r = runner.invoke(app, ["profile", str(out), "--repeats", "2", "--json"])
-    assert r.exit_code == 0, r.output
-    assert _snapshot(out) == compiled
+    for args in (["profile", str(out), "--repeats", "2", "--json"], ["verify", str(out), "--json"],
+                 ["check", str(out / "model.onnx"), "--json"], ["inspect", str(out / "model.onnx")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code in (0, 1), r.output
+        assert _snapshot(out) == compiled, args
     before, plan_before = _snapshot(inputs), _snapshot(tmp_path / "out")
     r = runner.invoke(app, ["compile", str(m), "--out", str(tmp_path / "out2"), "--plan", str(plan), "--repeats", "2"])
     assert r.exit_code == 0, r.output
