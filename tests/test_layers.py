@@ -18,7 +18,7 @@ PKG = ROOT / "hwcompile"
 
 #: lowest first; a name is a top-level module or subpackage of hwcompile
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "version", "atomic", "output", "models", "cache")),
+    ("base", ("errors", "version", "atomic", "output", "ort_guard", "models", "cache")),
     ("ir", ("ir", "data", "metrics", "ort_session")),
     ("contract", ("contract", "plan", "targets", "versions")),
     ("numerics", ("quant", "prune", "passes", "analysis", "transform")),
