@@ -216,10 +216,15 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
             search_info = None
         compiled_graph, artifact = build(graph, plan, target, backend, tmp, calib, progress, recovery=recovery)
         measured = measure(backend, artifact, target, graph, sample, eval_set, reference, **timing)
+        compiled_graph, artifact, measured, variants = _attention_variants(
+            graph, compiled_graph, artifact, measured, plan, target, backend, tmp, sample, eval_set, reference,
+            options, timing, progress)
         compiled, profile = measured.to_dict(), measured.profile
         progress("report")
         report = assemble_report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)
+        if variants is not None:
+            report["attention_variants"] = variants
         if "recovery" in compiled_graph.meta:
             report["recovery"] = compiled_graph.meta["recovery"]
         report["measurements"] = dict(table.counts)
@@ -264,3 +269,34 @@ def _recovery(graph: Graph, options: CompileOptions, calib: Dataset | None):
         raise DataError("recovery training needs data", where="--recover-data",
                         hint="pass --recover-data DATA.npz (model inputs) or --calib")
     return options.recover, data
+
+
+def _attention_variants(graph, compiled_graph, artifact, measured, plan, target, backend, tmp, sample, eval_set,
+                        reference, options, timing, progress):
+    """A quantized build with attention: its INT8-attention variants measured (search.variants); the
+    chosen one replaces the build. Returns (graph, artifact, measurement, record or None)."""
+    from .passes.quantize_attention import attention_matmuls
+
+    if options.precision not in ("int8", "int8dyn", "mixed") or eval_set is None \
+            or not attention_matmuls(compiled_graph)["qk"]:
+        return compiled_graph, artifact, measured, None
+    from .search.variants import try_attention_variants
+
+    progress("attention variants")
+    work = Path(tempfile.mkdtemp(prefix="variants-", dir=tmp))
+    taken: dict[int, object] = {}
+
+    def measure_one(art):
+        m = measure(backend, art, target, graph, sample, eval_set, reference, **timing)
+        taken[id(art)] = m
+        return m.to_dict()
+
+    try:
+        g, art, _, record = try_attention_variants(
+            compiled_graph, measured.to_dict(), lambda gr, d: backend.lower(gr, plan, target, d), measure_one,
+            work, max_drop=options.max_accuracy_drop)
+        if art is None:
+            return compiled_graph, artifact, measured, record
+        return g, backend.lower(g, plan, target, tmp), taken[id(art)], record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -328,3 +328,55 @@ def test_attention_int8_declines_a_weight_matmul():
     graph = cleanup(from_proto(tiny_encoder()))
     weight_mm = graph.layers()[0]
     assert "constant" in check_attention_matmul(weight_mm)
+
+
+# -- INT8 attention as a measured variant ------------------------------------------------------
+
+def _m(ms, spread=0.01, **metrics):
+    return {"latency_ms": ms, "latency_ms_spread": spread, "metrics": metrics}
+
+
+@pytest.mark.parametrize("measured, chosen, why", [
+    ({"a": _m(0.8, snr_db=20.0), "b": _m(0.7, snr_db=20.5)}, "b", "accurate enough"),
+    ({"a": _m(0.8, snr_db=20.0), "b": _m(0.7, snr_db=18.0)}, "a", "SNR 2.50 dB below"),
+    ({"a": _m(0.99, snr_db=30.0)}, None, "not resolved faster"),
+    ({"a": _m(0.9, spread=0.2, snr_db=30.0)}, None, "not resolved faster"),
+])
+def test_choose_variant_needs_resolved_speed_and_accuracy(measured, chosen, why):
+    from hwcompile.search.variants import choose_variant
+
+    got, reasons = choose_variant(_m(1.0, snr_db=20.5), measured)
+    assert got == chosen
+    assert any(why in r for r in reasons.values()), reasons
+
+
+def test_choose_variant_prefers_the_task_metric():
+    from hwcompile.search.variants import choose_variant
+
+    base = _m(1.0, spearman=0.80, snr_db=20.0)
+    got, why = choose_variant(base, {"a": _m(0.5, spearman=0.795, snr_db=25.0)})
+    assert got is None and "spearman 0.0050 below" in why["a"]
+    got, _ = choose_variant(base, {"a": _m(0.5, spearman=0.795, snr_db=10.0)}, max_drop=0.01)
+    assert got == "a"
+
+
+def test_pipeline_measures_the_attention_variants_of_an_int8dyn_build(tmp_path):
+    from hwcompile.data import Dataset
+    from hwcompile.pipeline import CompileOptions, compile_model
+
+    model = tmp_path / "enc.onnx"
+    onnx.save(tiny_encoder(), str(model))
+    data = batches(4, 8)
+    calib = Dataset({k: np.concatenate([b[k] for b in data]) for k in ("x", "mask")}, source="test")
+    opts = CompileOptions(precision="int8dyn", calib=calib, input_shapes={"x": [1, 8, H]}, repeats=3, warmup=1,
+                          per_layer_profile=False)
+    report = compile_model(model, "host-cpu", tmp_path / "out", opts).report
+    rec = report["attention_variants"]
+    assert rec["attention_products"] == {"qk": LAYERS, "pv": LAYERS}
+    assert set(rec["measured"]) == {"attention int8 QK^T", "attention int8 QK^T+PV"}
+    assert all("snr_db" in m["metrics"] for m in rec["measured"].values())
+    n_int = report["compiled_ops"].get("MatMulInteger", 0) - 4 * LAYERS   # less the weight GEMMs' (int8dyn)
+    if rec["chosen"] is None:          # whichever way the measurement went, the build says so
+        assert n_int == 0 and not any("accurate enough" in w for w in rec["why"].values())
+    else:
+        assert n_int == LAYERS * (2 if "PV" in rec["chosen"] else 1) and "accurate enough" in rec["why"][rec["chosen"]]
