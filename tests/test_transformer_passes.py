@@ -260,6 +260,12 @@ def test_exported_bert_specialized_and_folded_matches_onnxruntime(tmp_path, attn
     assert "IsNaN" not in ops(graph), graph.meta.get("nan_guards_declined")
     assert graph.meta["attention_masks"]["distinct_after"] == 1
     assert had_guards == (attn == "sdpa")
+    from hwcompile.passes import eliminate_dead_code
+    from hwcompile.passes.merge_parallel_matmuls import merge_parallel_matmuls
+
+    graph = run_passes(graph, [merge_parallel_matmuls, eliminate_dead_code])
+    assert ops(graph).count("Split") == 2                        # one QKV GEMM (bias merged) per layer
+    assert all(len(v) == 3 for v in graph.meta["merged_matmuls"].values())
     rng = np.random.default_rng(0)
     feeds = []
     for keep in (8, 3, 0):
@@ -380,3 +386,28 @@ def test_pipeline_measures_the_attention_variants_of_an_int8dyn_build(tmp_path):
         assert n_int == 0 and not any("accurate enough" in w for w in rec["why"].values())
     else:
         assert n_int == LAYERS * (2 if "PV" in rec["chosen"] else 1) and "accurate enough" in rec["why"][rec["chosen"]]
+
+
+# -- sibling projections merged ------------------------------------------------------------------
+
+def test_qkv_projections_merge_into_one_gemm():
+    from hwcompile.passes import eliminate_dead_code
+    from hwcompile.passes.merge_parallel_matmuls import merge_parallel_matmuls
+
+    proto = tiny_encoder()
+    graph = cleanup(from_proto(proto))
+    graph = run_passes(graph, [merge_parallel_matmuls, eliminate_dead_code])
+    graph.lint()
+    assert ops(graph).count("Split") == LAYERS
+    assert ops(graph).count("MatMul") == (2 + 2) * LAYERS     # merged QKV + out projection + 2 attention
+    assert all(len(v) == 3 for v in graph.meta["merged_matmuls"].values())
+    assert_same(proto.SerializeToString(), graph, batches(), atol=1e-6)
+
+
+def test_merge_declines_a_shared_weight():
+    from hwcompile.passes.merge_parallel_matmuls import check_merge
+
+    graph = cleanup(from_proto(tiny_encoder()))
+    q, k = [n for n in graph.main if n.op_type == "MatMul"][:2]
+    k.replace_input_with(1, q.inputs[1])
+    assert "shared" in check_merge(graph, [q, k])
