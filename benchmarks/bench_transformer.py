@@ -22,7 +22,7 @@ every build), the per-round medians paired: ratio median and bootstrap 95 % inte
 one thread) for FP32, the chosen hwcompile build and quantize_dynamic. The machine's CPU, ISA flags
 and load (and other processes' CPU use during each stage) are recorded with the results.
 
-    python benchmarks/bench_transformer.py [--model minilm|minilm-sdpa|mpnet] [--quick]
+    python benchmarks/bench_transformer.py [--model minilm|minilm-sdpa|mpnet] [--quick] [--core]
 """
 from __future__ import annotations
 
@@ -78,7 +78,11 @@ def lower(graph, directory: Path, plan: PrecisionPlan, fuse_skip_layernorm: bool
     return art.path("model"), art.info.get("skip_layernorm")
 
 
-def build_all(src: Path, work: Path) -> tuple[dict[str, Path], dict]:
+CORE = (FP32, "hwcompile fp32 specialized", "hwcompile int8dyn specialized", "hwcompile int8dyn specialized, QKV merged",
+        ORT_DYN)
+
+
+def build_all(src: Path, work: Path, core: bool = False) -> tuple[dict[str, Path], dict]:
     models, info = {FP32: src}, {}
     target = load_target("host-cpu")
     style = OnnxRuntimeBackend().qdq_style(target)
@@ -116,6 +120,8 @@ def build_all(src: Path, work: Path) -> tuple[dict[str, Path], dict]:
 
     quantize_dynamic(str(src), str(work / "ort_dyn.onnx"))
     models[ORT_DYN] = work / "ort_dyn.onnx"
+    if core:
+        models = {k: v for k, v in models.items() if k in CORE}
     return models, info
 
 
@@ -130,13 +136,14 @@ def main() -> None:
     ap.add_argument("--model", default="minilm", choices=["minilm", "minilm-sdpa", "mpnet"])
     ap.add_argument("--quick", action="store_true", help="500 STS-B pairs, fewer rounds")
     ap.add_argument("--rounds", type=int, default=0)
+    ap.add_argument("--core", action="store_true", help="only " + ", ".join(CORE) + " (a large model)")
     args = ap.parse_args()
     monitor = CpuMonitor()
     load_before = os.getloadavg()
     src, tokenize = source(args.model)
     work = Path(tempfile.mkdtemp(prefix=f"bench-transformer-{args.model}-"))
     monitor.stage("build")
-    models, info = build_all(src, work)
+    models, info = build_all(src, work, core=args.core)
     sessions = {k: session(v) for k, v in models.items()}
 
     monitor.stage("accuracy")
@@ -155,7 +162,7 @@ def main() -> None:
         results[name] = {"spearman": spearman(emb, index, scored), "size_bytes": file_size(models[name])}
     check = sentences[:64]
     ref_out = [_outputs(sessions[FP32], tokenize([t])) for t in check]
-    for name in EXACT:
+    for name in (n for n in EXACT if n in sessions):
         diff = max(float(np.max(np.abs(_outputs(sessions[name], tokenize([t])) - r))) for t, r in zip(check, ref_out))
         results[name] = {"max_abs_diff_vs_exported": diff, "size_bytes": file_size(models[name]),
                          "spearman": results[FP32]["spearman"]}
@@ -182,10 +189,10 @@ def main() -> None:
     log("kernel time by op (one thread)")
     kernels = kernel_time_by_op({k: models[k] for k in (FP32, "hwcompile fp32 specialized", chosen, ORT_DYN)}, feeds)
     goals = _goals(results, chosen)
-    path = save(f"transformer_{args.model}" + ("_quick" if args.quick else ""), {
+    path = save(f"transformer_{args.model}" + ("_quick" if args.quick else "") + ("_core" if args.core else ""), {
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "other_processes": monitor.summary(),
-        "model": args.model, "source": str(src.name), "batch": 1, "seq_len": SEQ,
+        "model": args.model, "source": str(src.name), "builds_measured": list(models), "batch": 1, "seq_len": SEQ,
         "evaluation": f"STS-B test, {len(scored)} pairs, {len(sentences)} distinct sentences at batch 1",
         "builds": info, "results": results, "chosen_int8dyn_build": chosen, "goals": goals,
         "kernel_time_one_thread": kernels})
