@@ -411,3 +411,15 @@ def test_merge_declines_a_shared_weight():
     q, k = [n for n in graph.main if n.op_type == "MatMul"][:2]
     k.replace_input_with(1, q.inputs[1])
     assert "shared" in check_merge(graph, [q, k])
+
+
+def test_a_classifier_softmax_is_not_attention():
+    from hwcompile.passes.quantize_attention import attention_matmuls
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [H, 4], np.ones(H * 4, np.float32).tolist())
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["l"], name="fc"),
+                           helper.make_node("Softmax", ["l"], ["p"], name="sm", axis=-1)], "clf",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 4])], [w])
+    graph = cleanup(from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    assert attention_matmuls(graph) == {"qk": [], "pv": []}

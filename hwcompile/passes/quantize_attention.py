@@ -25,7 +25,8 @@ __all__ = ["quantize_attention", "attention_matmuls", "check_attention_matmul"]
 
 
 def attention_matmuls(graph: Graph) -> dict[str, list[ir.Node]]:
-    """{"qk": [...], "pv": [...]}: the attention products of every Softmax site."""
+    """{"qk": [...], "pv": [...]}: the attention products (MatMuls of two activations) of every
+    Softmax site."""
     qk, pv = [], []
     for soft in [n for n in graph.main if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
         scores, _ = split_scores(soft.inputs[0])
@@ -33,10 +34,12 @@ def attention_matmuls(graph: Graph) -> dict[str, list[ir.Node]]:
             continue
         prod = scores.producer()
         while prod is not None and prod.op_type != "MatMul":
-            prod = prod.inputs[0].producer()
-        if prod is not None:
-            qk.append(prod)
-        pv.extend(_prob_consumers(soft.outputs[0]))
+            prod = next((i for i in prod.inputs if not is_constant(i)), None)
+            prod = prod.producer() if prod is not None else None
+        if prod is None or any(is_constant(i) for i in prod.inputs):
+            continue            # a classifier's weight GEMM before a softmax is not attention
+        qk.append(prod)
+        pv.extend(m for m in _prob_consumers(soft.outputs[0]) if not any(is_constant(i) for i in m.inputs))
     return {"qk": qk, "pv": pv}
 
 
