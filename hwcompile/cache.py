@@ -14,8 +14,10 @@ fingerprint and the hwcompile version. ``Store`` keeps JSON or ``.npz`` values (
 renamed into place, so two processes writing the same key both leave a complete file (the last
 rename wins, and both wrote the same content); an unreadable file reads as a miss.
 
-Caching can be switched off for a block of work (``disabled()``, what ``--no-cache`` does); a
-disabled store misses every read and writes nothing.
+Stores are live only inside ``scope()``: a compile opens one (``scope(False)`` for ``--no-cache``),
+so library calls outside a compile (tests, ``debug``, benchmarks calling passes directly) never
+read a result cached by another run. Outside a scope, or in ``scope(False)``, a store misses every
+read and writes nothing. (Backends' own folders from ``kind_dir`` are not affected.)
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 __all__ = ["cache_root", "kind_dir", "content_key", "array_digest", "file_digest", "Store", "enabled",
-           "disabled", "info", "clear"]
+           "scope", "info", "clear"]
 
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("hwcompile_cache_enabled", default=True)
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("hwcompile_cache_enabled", default=False)
 
 
 def cache_root() -> Path:
@@ -60,14 +62,14 @@ def kind_dir(kind: str) -> Path:
 
 
 def enabled() -> bool:
-    """False inside ``disabled()`` (``--no-cache``)."""
+    """True inside ``scope()`` (module docstring)."""
     return _ENABLED.get()
 
 
 @contextlib.contextmanager
-def disabled(off: bool = True) -> Iterator[None]:
-    """Within the block every ``Store`` misses and writes nothing (when ``off``)."""
-    token = _ENABLED.set(not off and _ENABLED.get())
+def scope(on: bool = True) -> Iterator[None]:
+    """Within the block stores read and write when ``on``, and miss and write nothing otherwise."""
+    token = _ENABLED.set(bool(on))
     try:
         yield
     finally:
@@ -136,7 +138,7 @@ class Store:
 
     def put(self, key: str, value: Any) -> None:
         if enabled():
-            self._write(self.path(key, "json"), (json.dumps(value, sort_keys=True, default=_plain) + "\n").encode())
+            self._write(self.path(key, "json"), (json.dumps(value, default=_plain) + "\n").encode())
 
     def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
         if not enabled():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
 
 __all__ = ["topk", "snr_db", "error_power", "snr_from_power", "spearman", "METRICS", "MASK_INPUTS", "output_weights"]
 
@@ -74,4 +73,6 @@ def output_weights(inputs: dict[str, np.ndarray], outputs: list[np.ndarray]) -> 
 
 
 def spearman(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import spearmanr   # scipy.stats takes seconds to import: only when this metric is used
+
     return float(spearmanr(np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)).statistic)

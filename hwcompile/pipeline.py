@@ -155,7 +155,7 @@ def compile_model(model_path: str | Path | None, target_name: str, out_dir: str 
 
     options = options or CompileOptions()
     options.validate()
-    with cache.disabled(not options.use_cache), calibration_batch(options.calib_batch_size):
+    with cache.scope(options.use_cache), calibration_batch(options.calib_batch_size):
         return _compile_model(model_path, target_name, out_dir, options, progress, force)
 
 

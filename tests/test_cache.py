@@ -1,6 +1,7 @@
 """The cache root, content keys, the JSON/npz stores (atomic, two processes at once) and `hwcompile cache`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -57,23 +58,27 @@ def test_content_key_is_canonical():
 def test_store_roundtrip_disable_and_corrupt_file(monkeypatch, tmp_path):
     monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path))
     s = cache.Store("things")
-    s.put("ab12", {"x": [1, 2]})
-    s.put_arrays("cd34", {"w": np.eye(3)})
-    assert s.get("ab12") == {"x": [1, 2]} and np.array_equal(s.get_arrays("cd34")["w"], np.eye(3))
-    with cache.disabled():
-        assert s.get("ab12") is None and s.get_arrays("cd34") is None
-        s.put("ef56", {"y": 1})
-    assert s.get("ef56") is None and not s.path("ef56", "json").exists()
+    with cache.scope():
+        s.put("ab12", {"x": [1, 2]})
+        s.put_arrays("cd34", {"w": np.eye(3)})
+        assert s.get("ab12") == {"x": [1, 2]} and np.array_equal(s.get_arrays("cd34")["w"], np.eye(3))
+    for off in (cache.scope(False), contextlib.nullcontext()):     # --no-cache, and outside any compile
+        with off:
+            assert s.get("ab12") is None and s.get_arrays("cd34") is None
+            s.put("ef56", {"y": 1})
+    assert not s.path("ef56", "json").exists()
     s.path("ab12", "json").write_text("{trunc")
-    assert s.get("ab12") is None                                    # a broken file reads as a miss
+    with cache.scope():
+        assert s.get("ab12") is None                                # a broken file reads as a miss
     assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
 
 
 def _hammer(root: str, worker: int, n: int) -> None:
     os.environ["HWCOMPILE_CACHE_DIR"] = root
     s = cache.Store("race")
-    for i in range(n):
-        s.put("same-key", {"worker": worker, "i": i, "pad": "x" * 20000})
+    with cache.scope():
+        for i in range(n):
+            s.put("same-key", {"worker": worker, "i": i, "pad": "x" * 20000})
 
 
 def test_two_processes_writing_one_key(tmp_path):
@@ -82,14 +87,15 @@ def test_two_processes_writing_one_key(tmp_path):
     for p in procs:
         p.start()
     s = cache.Store("race", root=tmp_path)
-    while any(p.is_alive() for p in procs):
-        v = s.get("same-key")                 # never a half-written file: a miss or a whole value
-        if v is not None:
-            assert len(v["pad"]) == 20000
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
-    assert s.get("same-key")["i"] == 59
+    with cache.scope():
+        while any(p.is_alive() for p in procs):
+            v = s.get("same-key")                 # never a half-written file: a miss or a whole value
+            if v is not None:
+                assert len(v["pad"]) == 20000
+        for p in procs:
+            p.join()
+            assert p.exitcode == 0
+        assert s.get("same-key")["i"] == 59
     assert [p.name for p in (tmp_path / "race").rglob("*") if p.is_file()] == ["same-key.json"]
 
 
@@ -97,8 +103,9 @@ def test_cache_cli_info_and_clear(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HWCOMPILE_CACHE_DIR": str(tmp_path)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "hwcompile.cli", "cache", *a], capture_output=True,
                                     text=True, env=env, timeout=120)
-    cache.Store("timings", root=tmp_path).put("k1", {"a": 1})
-    cache.Store("outputs", root=tmp_path).put_arrays("k2", {"o0": np.zeros(10)})
+    with cache.scope():
+        cache.Store("timings", root=tmp_path).put("k1", {"a": 1})
+        cache.Store("outputs", root=tmp_path).put_arrays("k2", {"o0": np.zeros(10)})
     info = json.loads(run("info", "--json").stdout)
     assert info["root"] == str(tmp_path) and set(info["kinds"]) == {"timings", "outputs"} and info["files"] == 2
     cleared = json.loads(run("clear", "--kind", "timings", "--json").stdout)

@@ -53,7 +53,9 @@ def test_byte_identical_across_processes_seeds_order_and_batch(tmp_path, shuffle
     assert {"latency_ms", "latency_ms_spread"} <= set(times["compiled"]) and "seconds" in times
 
 
-def test_replay_from_cache_remeasure_and_no_cache(tmp_path):
+def test_replay_from_cache_remeasure_and_no_cache(tmp_path, monkeypatch):
+    import hwcompile.analysis.sensitivity as sensitivity
+    import hwcompile.quant.calibration as calibration
     from hwcompile.cache import Store
     from hwcompile.errors import ConfigError
     from hwcompile.pipeline import CompileOptions, compile_model
@@ -63,7 +65,15 @@ def test_replay_from_cache_remeasure_and_no_cache(tmp_path):
         opts = lambda **kw: CompileOptions(precision="mixed", repeats=4, warmup=1, **kw)
         first = compile_model(None, "host-cpu", tmp_path / "one", opts())
         assert first.report["measurements"]["cached"] == 0 and first.report["measurements"]["measured"] > 0
+        for kind in ("calibration", "sensitivity", "timings", "outputs"):
+            assert any(Store(kind).dir.rglob("*.*")), kind
+        # the second compile neither recollects statistics nor rescores sensitivity: both come from the cache
+        def refuse(*a, **k):
+            raise AssertionError("recomputed a cached result")
+        monkeypatch.setattr(calibration, "collect_stats", refuse)
+        monkeypatch.setattr(sensitivity, "_row", refuse)
         second = compile_model(None, "host-cpu", tmp_path / "two", opts())
+        monkeypatch.undo()
         n = first.report["measurements"]["measured"]
         assert second.report["measurements"] == {"measured": 0, "pinned": 0, "cached": n}
         for name in STABLE + ("latency.json",):

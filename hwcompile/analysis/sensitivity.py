@@ -96,6 +96,12 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
     caps = backend.capabilities(target)
     cands = [c for c in target_candidates(target, caps, candidates) if c.name != "fp32"]
     data = calib.take(min(samples, len(calib)))
+    from .stored import load_sensitivity, save_sensitivity, sensitivity_key
+
+    stored_key = sensitivity_key(graph, target, backend, data, [c.name for c in cands], quant)  # None: no cache
+    hit = load_sensitivity(stored_key)
+    if hit is not None:
+        return hit
     reference = backend.graph_runner(graph, target).run(data)
     weights = output_weights(data.inputs, reference)     # padding tokens do not count (metrics.output_weights)
     style = backend.qdq_style(target)
@@ -121,7 +127,9 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
                 skipped[key] = str(e).splitlines()[0][:200]
                 continue
             rows.append(_row(node.name, node.op_type, cand, reference, out, weights))
-    return SensitivityTable(rows=rows, samples=len(data), candidates=[c.name for c in cands], skipped=skipped)
+    table = SensitivityTable(rows=rows, samples=len(data), candidates=[c.name for c in cands], skipped=skipped)
+    save_sensitivity(stored_key, table)
+    return table
 
 
 def _row(layer: str, op: str, cand: Candidate, ref: list[np.ndarray], out: list[np.ndarray],

@@ -4,7 +4,9 @@ One pass over the calibration data collects, for the float graph: a mergeable hi
 float activation (so any subset of tensors can be quantized later without another pass), the mean
 input per channel of each weighted layer (bias correction), and, for GPTQ, each layer's input
 Hessian ``H = 2/n * X^T X`` over its (im2col'd) inputs. Results are cached by the graph's content
-hash and the data, so the mixed-precision search never recollects them.
+hash and the data, so the mixed-precision search never recollects them; inside a compile they are also
+stored in the content-addressed cache (``quant.stored``), so a later compile with the same graph and data
+does not either.
 """
 from __future__ import annotations
 
@@ -85,6 +87,13 @@ def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.N
     key = graph_key(graph, data, settings, str(limit))
     if key in cache:  # statistics do not depend on the observer: apply this call's settings to them
         return dataclasses.replace(cache[key], settings=settings)
+    from .stored import calibration_key, load_calibration, save_calibration
+
+    stored_key = calibration_key(graph, data, settings, limit)   # None outside a compile or with --no-cache
+    cal = load_calibration(stored_key, settings) if stored_key else None
+    if cal is not None:
+        cache[key] = cal
+        return cal
     all_tensors = activation_tensors(graph)
     missing = [t for t in tensors if t not in all_tensors]
     all_tensors += missing
@@ -117,6 +126,8 @@ def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.N
                       channel_means={k: (v / counts[k]).astype(np.float64) for k, v in sums.items()},
                       hessians={k: h.hessian() for k, h in hess.items() if h.count})
     cache[key] = cal
+    if stored_key:
+        save_calibration(stored_key, cal)
     return cal
 
 
