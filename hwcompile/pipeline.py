@@ -197,14 +197,14 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         sample = profile_feeds(graph, eval_set, plan.input_shapes)
         timing = dict(repeats=options.repeats, warmup=options.warmup, per_layer=options.per_layer_profile,
                       metric=options.metric, progress=progress)
-        baseline = None
-        reference = None
+        baseline = reference = base_profile = None
         if options.baseline:
             progress("baseline (fp32)")
             base_dir = Path(tempfile.mkdtemp(prefix="baseline-", dir=tmp))
             base_art = backend.lower(graph, FP32.uniform_plan(plan), target, base_dir)
             measured = measure(backend, base_art, target, graph, sample, eval_set, None, **timing)
             baseline, reference = measured.to_dict(), measured.outputs
+            base_profile = measured.profile
             shutil.rmtree(base_dir)
         if options.precision == "mixed":
             from .search.driver import SearchOptions, plan_mixed
@@ -227,6 +227,11 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
             report["attention_variants"] = variants
         if "recovery" in compiled_graph.meta:
             report["recovery"] = compiled_graph.meta["recovery"]
+        from .report.graphmap import outline
+
+        report["graph"] = outline(graph)             # the precision map's nodes and edges
+        if baseline:
+            report["baseline_layers_ms"] = dict(base_profile.layers_ms) if base_profile else {}
         report["measurements"] = dict(table.counts)
         if table.pinned_fingerprint not in (None, fingerprint):
             report.setdefault("notes", []).append(

@@ -1,10 +1,7 @@
-"""The output folder: artifact files, ``plan.json``, ``report.json``, ``report.html`` with plots,
-and ``manifest.json`` (sha256 of every file). Every file is written atomically."""
+"""The output folder: artifact files, ``plan.json``, ``report.json``, ``timings.json``, ``latency.json``,
+``config.json``, ``report.html`` and ``manifest.json``. Every file is written atomically."""
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,7 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
         inputs["model"] = model_entry(Path(model_path))
     if target is not None:
         inputs["target"] = input_entry(target.path) if target.path else None
-    write_text_atomic(out / "report.html", render_html(report))
+    write_text_atomic(out / "report.html", render_html(report, plan))
     write_manifest(out, inputs={k: v for k, v in inputs.items() if v is not None}, tools=report.get("versions", {}),
                    target={"name": report["target"]["name"], "fingerprint": report["target"].get("fingerprint")})
 
@@ -73,65 +70,8 @@ def _i(x) -> str:
     return "-" if x is None else f"{x:,}"
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+def render_html(report: dict, plan: PrecisionPlan | None = None) -> str:
+    """The self-contained human report (``report.html``; see ``report.html``'s module)."""
+    from .html import render
 
-
-def _plots(report: dict) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = []
-    layers = [(k, v["latency_ms"]) for k, v in report["layers"].items() if "latency_ms" in v]
-    if layers:
-        top = sorted(layers, key=lambda kv: -kv[1])[:25]
-        fig, ax = plt.subplots(figsize=(8, 0.28 * len(top) + 1))
-        ax.barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#4a7bb7")
-        timer = report.get("per_layer_timer")
-        ax.set_xlabel(f"ms per run ({timer})" if timer else "ms per run")
-        ax.set_title("Slowest layers of the compiled model")
-        plots.append(("Per-layer latency", _png(fig)))
-        plt.close(fig)
-    pareto = report.get("pareto")
-    if pareto:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        metric = report.get("accuracy_metric", "snr_db")
-        xs = [p["latency_ms"] for p in pareto]
-        ys = [p["metrics"].get(metric) for p in pareto]
-        ax.plot(xs, ys, "o-", label="hwcompile Pareto front")
-        for u in report.get("uniform", []):
-            ax.plot(u["latency_ms"], u["metrics"].get(metric), "s", label=u["name"])
-        ax.set_xlabel("measured latency (ms)")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
-        ax.set_title("Accuracy vs latency")
-        plots.append(("Pareto front", _png(fig)))
-        plt.close(fig)
-    return plots
-
-
-def render_html(report: dict) -> str:
-    e = html.escape
-    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td></tr>" for a, b, c in summary_rows(report))
-    layer_rows = "".join(
-        f"<tr><td>{e(k)}</td><td>{e(v['op'])}</td><td>{v.get('params', 0):,}</td><td>{v.get('flops', 0):,}</td>"
-        f"<td>{e(str(v.get('choice', '')))}</td><td>{_f(v.get('latency_ms'))}</td></tr>"
-        for k, v in report["layers"].items() if v.get("params") or "latency_ms" in v)
-    imgs = "".join(f"<h2>{e(t)}</h2><img src='data:image/png;base64,{d}'/>" for t, d in _plots(report))
-    notes = "".join(f"<li>{e(n)}</li>" for n in report.get("notes", []))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>hwcompile report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}
-table{{border-collapse:collapse}}</style></head><body>
-<h1>hwcompile: {e(Path(report['model']['path']).name)} for {e(report['target']['name'])}</h1>
-<p>backend {e(report['backend'])}, precision {e(str(report['precision']))},
-speedup {_f(report.get('speedup'))}x, built in {report['seconds']} s</p>
-<table><tr><th></th><th>baseline (fp32)</th><th>compiled</th></tr>{rows}</table>
-<ul>{notes}</ul>{imgs}
-<h2>Layers</h2><table><tr><th>layer</th><th>op</th><th>params</th><th>FLOPs</th><th>choice</th><th>ms</th></tr>
-{layer_rows}</table>
-<h2>Versions</h2><pre>{e(json.dumps(report['versions'], indent=1))}</pre></body></html>
-"""
+    return render(report, plan)

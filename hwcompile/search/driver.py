@@ -372,7 +372,7 @@ class _Search:
                                        if k not in ("source", "plan_summary", "assignment", "predicted_latency_ms")}}
                    for p in self.points if p.name is not None]
         return {"pareto": pareto(self.points, self.metric), "uniform": uniform, "feedback": self.feedback,
-                "measured": measured, "sensitivity": sens.to_dict(top=20) if sens else {},
+                "measured": measured, "sensitivity": sens.to_dict() if sens else {},
                 "accuracy_metric": self.metric, "search": search}
 
     def _final_plan(self, best: Point | None, note: str | None) -> PrecisionPlan:
