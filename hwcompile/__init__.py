@@ -9,11 +9,19 @@ from .version import __version__
 from .errors import HwcompileError  # noqa: E402
 from .contract import LayerChoice, PrecisionPlan, QuantSettings  # noqa: E402
 
-__all__ = ["__version__", "HwcompileError", "PrecisionPlan", "LayerChoice", "QuantSettings", "compile_model",
-           "CompileOptions", "load"]
+__all__ = ["__version__", "HwcompileError", "PrecisionPlan", "LayerChoice", "QuantSettings", "compile", "compile_model",
+           "CompileOptions", "CompileResult", "load"]
 
 
 def __getattr__(name):  # keep `import hwcompile` light: the pipeline pulls in onnxruntime
+    if name == "compile":
+        from .api import compile
+
+        return compile
+    if name == "CompileResult":
+        from .pipeline import CompileResult
+
+        return CompileResult
     if name in ("compile_model", "CompileOptions"):
         from . import pipeline
 

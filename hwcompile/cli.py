@@ -25,8 +25,23 @@ _STATE = {"verbose": False}
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors.")):
+def _main(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
+          config: Optional[Path] = typer.Option(
+              None, "--config", help="Compile options from this TOML file (default: ./hwcompile.toml, else "
+                                     "[tool.hwcompile] in ./pyproject.toml); command-line options override it.")):
+    """Exit codes: 0 success, 1 internal error, 2 bad input or configuration, 3 a gate, comparison or
+    verification failed, 4 the target cannot build here."""
     _STATE["verbose"] = verbose
+    _STATE["config_file"] = None
+    if ctx.invoked_subcommand == "compile":
+        from .config import compile_defaults, find_config
+
+        found = _guard(lambda: find_config(config))
+        if found:
+            path, table = found
+            cmd = ctx.command.get_command(ctx, "compile")
+            ctx.default_map = {"compile": _guard(lambda: compile_defaults(table, cmd, path.parent))}
+            _STATE["config_file"] = str(path)
 
 
 @contextlib.contextmanager
@@ -78,10 +93,18 @@ def compile(
                                                            "labels from the --labels array when it has one."),
     recover: str = typer.Option("distill", "--recover", help="distill | block (recovery mode)"),
     recover_lr: float = typer.Option(1e-4, help="Recovery learning rate (Adam)."),
+    fail_if_accuracy_drop: Optional[float] = typer.Option(
+        None, help="Gate: exit 3 when the metric drops more than this (points for top1/top5/spearman; for snr, "
+                   "relative RMS output error in %)."),
+    fail_if_slower_than: Optional[float] = typer.Option(
+        None, help="Gate: exit 3 when latency / reference > this (reference: FP32, or --baseline's)."),
+    fail_if_larger_than: Optional[int] = typer.Option(None, help="Gate: exit 3 when the artifact exceeds this many bytes."),
+    baseline: Optional[Path] = typer.Option(None, help="OLD/report.json (or its folder): --fail-if-slower-than's reference."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
     force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an hwcompile output."),
 ):
     """Compile MODEL for a target: writes model + plan.json + report.json (+ report.html) to --out."""
+    from .gates import Gates
     from .pipeline import CompileOptions, compile_model
     from .contract import PruneSettings, QuantSettings
     from .recover.settings import RecoverSettings
@@ -98,14 +121,19 @@ def compile(
             calib=calib, eval=eval, labels=labels, metric=metric, plan_file=plan, latency_budget_ms=latency_budget,
             size_budget_mb=size_budget, max_accuracy_drop=max_accuracy_drop, repeats=repeats,
             input_shapes=_parse_shapes(shape), latency_table=latency_table, remeasure=remeasure,
-            use_cache=not no_cache, calib_batch_size=calib_batch_size)
+            use_cache=not no_cache, calib_batch_size=calib_batch_size, config_file=_STATE.get("config_file"),
+            gates=Gates(fail_if_accuracy_drop=fail_if_accuracy_drop, fail_if_slower_than=fail_if_slower_than,
+                        fail_if_larger_than=fail_if_larger_than, baseline=baseline))
         with _progress(not as_json) as step:
             return compile_model(model, target, out, opts, progress=step, force=force)
 
     result = _guard(run)
     rep = result.report
+    failed = [g for g in result.gates if not g["passed"]]
     if as_json:
         _print_json(rep)
+        if failed:
+            raise typer.Exit(3)
         return
     table = Table(title=f"{Path(rep['model']['path']).name} -> {rep['target']['name']} ({rep['backend']}), "
                         f"precision {rep['precision']}")
@@ -119,6 +147,12 @@ def compile(
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {result.out_dir}/ ({', '.join(sorted(rep['artifact']['files'].values()))}, plan.json, "
                   f"report.json, report.html)")
+    for g in result.gates:
+        console.print(f"gate {g['gate'].replace('_', '-')}: {'passed' if g['passed'] else '[red]FAILED[/]'}: "
+                      f"{escape(g['detail'])}")
+    if failed:
+        err.print(f"[red]error:[/] {len(failed)} release gate(s) failed (the output was written)")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -297,7 +331,7 @@ def check(model: Path, target: str = typer.Option("nvidia-ampere", "--target", "
     else:
         console.print(f"{model}: passes every {target} rule")
     if violations:
-        raise typer.Exit(1)
+        raise typer.Exit(3)   # a check failed (exit 1 is kept for internal errors)
 
 
 @app.command()
@@ -320,6 +354,41 @@ def verify(folder: Path = typer.Argument(..., help="An output folder written by 
                 console.print(f"input {name}: {state} since the build", highlight=False, markup=False)
         console.print(f"{folder}: {'every file matches its manifest' if res['ok'] else 'DOES NOT match its manifest'}",
                       highlight=False, markup=False)
+    if not res["ok"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def compare(old: Path = typer.Argument(..., help="The earlier output folder."),
+            new: Path = typer.Argument(..., help="The new output folder."),
+            max_accuracy_drop: float = typer.Option(0.0, help="Allowed metric drop (points; dB for snr_db)."),
+            max_slowdown: float = typer.Option(0.05, help="Allowed relative slowdown (beyond the IQR as well)."),
+            max_size_growth: float = typer.Option(0.0, help="Allowed relative size growth."),
+            as_json: bool = typer.Option(False, "--json")):
+    """Differences of two output folders (plan, accuracy, latency with spread, size); exit 3 on a regression."""
+    from .report.compare import Tolerances, compare as compare_folders
+
+    res = _guard(lambda: compare_folders(old, new, Tolerances(max_accuracy_drop, max_slowdown, max_size_growth)))
+    if as_json:
+        _print_json(res)
+    else:
+        p = res["plan"]
+        console.print(f"plan: {p['old_precision']} {p['old_counts']} -> {p['new_precision']} {p['new_counts']}, "
+                      f"{len(p['changed_layers'])} layer(s) changed", highlight=False, markup=False)
+        for lid, c in list(p["changed_layers"].items())[:20]:
+            console.print(f"  {lid}: {c['old']} -> {c['new']}", highlight=False, markup=False)
+        for k, m in res["metrics"].items():
+            console.print(f"{k}: {m['old']:.4g} -> {m['new']:.4g} ({m['change']:+.3f} {m['unit']})", highlight=False,
+                          markup=False)
+        if "latency" in res:
+            lat = res["latency"]
+            console.print(f"latency: {lat['old_ms']:.4g} ms (IQR {lat['old_iqr_ms'] or 0:.3g}) -> {lat['new_ms']:.4g} ms "
+                          f"(IQR {lat['new_iqr_ms'] or 0:.3g}), {lat['ratio']:.3f}x", highlight=False, markup=False)
+        if "size" in res:
+            console.print(f"size: {res['size']['old_bytes']:,} -> {res['size']['new_bytes']:,} bytes", highlight=False)
+        for r in res["regressions"]:
+            console.print(f"REGRESSION: {r}", highlight=False, markup=False)
+        console.print("no regression" if res["ok"] else f"{len(res['regressions'])} regression(s)")
     if not res["ok"]:
         raise typer.Exit(3)
 

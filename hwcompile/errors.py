@@ -43,6 +43,7 @@ class PassError(HwcompileError):
 class BackendUnavailable(HwcompileError):
     """A backend's toolchain or device is not present on this machine (says exactly why)."""
 
+    exit_code = 4   # the target cannot build here
 
 class DeviceError(HwcompileError):
     """A device or runtime failed, hung or went away while running or profiling a model."""

@@ -25,6 +25,7 @@ from .contract import CANDIDATES, FP32, LayerChoice, PrecisionPlan, PruneSetting
 from .contract import parse_sparsity
 from .data import Dataset, load_npz
 from .errors import ConfigError, DataError
+from .gates import Gates
 from .ir import Graph, load
 from .measure import METRICS, build, evaluate, measure, needs_calibration, profile_feeds
 from .output import Staging, check_out_dir
@@ -64,6 +65,8 @@ class CompileOptions:
     calib_batch_size: int = 4            # samples per calibration run (memory only: results do not depend on it)
     recover: RecoverSettings = field(default_factory=RecoverSettings)   # recovery training (off by default)
     recover_data: str | Path | Dataset | None = None                    # default: the calibration data
+    gates: Gates = field(default_factory=Gates)   # release gates (hwcompile.gates), checked at the end
+    config_file: str | None = None       # the hwcompile.toml / pyproject.toml these options came from
 
     def validate(self) -> None:
         if self.precision not in CANDIDATES and self.precision != "mixed":
@@ -80,13 +83,26 @@ class CompileOptions:
             raise ConfigError("budgets must be positive", where="--latency-budget/--size-budget")
         if self.calib_batch_size < 1:
             raise ConfigError("must be >= 1", where="--calib-batch-size")
+        self.gates.validate()
 
 
 @dataclass
 class CompileResult:
+    """The output folder, the full report (``report.json`` + ``timings.json``) and the plan."""
+
     out_dir: Path
     report: dict[str, Any]
     plan: PrecisionPlan
+
+    @property
+    def gates(self) -> list[dict[str, Any]]:
+        """One row per release gate asked for (``hwcompile.gates.check``)."""
+        return list(self.report.get("gates") or [])
+
+    @property
+    def ok(self) -> bool:
+        """False when a release gate failed."""
+        return all(g["passed"] for g in self.gates)
 
 
 def file_sha256(path: Path) -> str:
@@ -233,6 +249,10 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         if baseline:
             report["baseline_layers_ms"] = dict(base_profile.layers_ms) if base_profile else {}
         report["measurements"] = dict(table.counts)
+        if options.gates.any:
+            from .gates import check
+
+            report["gates"] = check(options.gates, report)
         if table.pinned_fingerprint not in (None, fingerprint):
             report.setdefault("notes", []).append(
                 f"the pinned latency table was measured on target fingerprint {table.pinned_fingerprint}, "

@@ -475,7 +475,7 @@ def test_unnamed_nodes_get_a_stable_name():
 
 
 def test_zz_check_cli_names_node_and_rule_for_every_rule(tmp_path):
-    # `hwcompile check` on each rule's invalid models: exit 1 and one line per violation naming node and rule.
+    # `hwcompile check` on each rule's invalid models: exit 3 and one line per violation naming node and rule.
     # The CLI first loads the model like compile does; cases it rejects as malformed ONNX (exit 2) are
     # skipped, but every rule must have one case that reaches the rules.
     from typer.testing import CliRunner
@@ -493,7 +493,7 @@ def test_zz_check_cli_names_node_and_rule_for_every_rule(tmp_path):
             r = CliRunner().invoke(app, args)
             if r.exit_code == 2:
                 continue
-            assert r.exit_code == 1, (rule, r.output)
+            assert r.exit_code == 3, (rule, r.output)
             for node in nodes:
                 assert f"node '{node}': [{rule}]" in r.output, (rule, r.output)
             reached.add(rule)

@@ -18,7 +18,7 @@ __all__ = ["FORMAT", "split", "merge", "read_report"]
 
 FORMAT = "hwcompile.timings/1"
 _RUN_KEYS = ("latency_ms", "latency_ms_spread", "timing")
-_TOP_KEYS = ("speedup", "unmapped_kernels_ms", "kernels", "seconds", "measurements", "baseline_layers_ms")
+_TOP_KEYS = ("speedup", "unmapped_kernels_ms", "kernels", "seconds", "measurements", "baseline_layers_ms", "gates")
 
 
 def split(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

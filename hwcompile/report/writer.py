@@ -41,7 +41,8 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
         inputs = {"calib": input_entry(options.calib), "eval": input_entry(options.eval),
                   "config": {"file": "config.json", "sha256": input_entry(out / "config.json")["sha256"]},
                   "latency_table": input_entry(options.latency_table),
-                  "recover_data": input_entry(getattr(options, "recover_data", None))}
+                  "recover_data": input_entry(getattr(options, "recover_data", None)),
+                  "config_file": input_entry(getattr(options, "config_file", None))}
     if model_path is not None:
         inputs["model"] = model_entry(Path(model_path))
     if target is not None:
