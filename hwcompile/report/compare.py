@@ -9,13 +9,11 @@ noise is not one); size larger by more than ``max_size_growth`` (relative).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .timings import read_report
+from .timings import read_output_json, read_report
 
 __all__ = ["Tolerances", "compare"]
 
@@ -28,16 +26,9 @@ class Tolerances:
 
 
 def _plan(folder: Path) -> dict[str, str]:
-    p = folder / "plan.json"
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no plan.json: not an hwcompile output folder", where=str(folder)) from None
-    except ValueError as e:
-        raise ConfigError(f"not valid JSON: {e}", where=str(p)) from None
     from ..plan import PrecisionPlan
 
-    plan = PrecisionPlan.from_dict(data)
+    plan = PrecisionPlan.from_dict(read_output_json(folder, "plan.json"))
     return {lid: c.candidate for lid, c in plan.layers.items()}
 
 

@@ -45,11 +45,11 @@ def draw(outline: dict, choices: dict[str, str], reasons: dict[str, str], *, ban
     columns: dict[int, list[int]] = {}
     for j, d in enumerate(depth):
         columns.setdefault(d, []).append(j)
-    dx, dy, top = 26, 18, 10
+    dx, dy, top = 26, 18, 24
     bands = (max(depth) // band_columns) + 1
     band_rows = [max(len(columns.get(d, [])) for d in range(b * band_columns, (b + 1) * band_columns)) or 1
                  for b in range(bands)]
-    band_y = [top + sum(r * dy + 24 for r in band_rows[:b]) for b in range(bands)]
+    band_y = [top + sum(r * dy + 34 for r in band_rows[:b]) for b in range(bands)]
     pos = {}
     for d, members in columns.items():
         b = d // band_columns
@@ -62,8 +62,13 @@ def draw(outline: dict, choices: dict[str, str], reasons: dict[str, str], *, ban
     for a, b in edges:
         (x1, y1), (x2, y2) = pos[a], pos[b]
         wrap = depth[b] // band_columns != depth[a] // band_columns
-        out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{"#ddd" if wrap else "#aaa"}" '
-                   f'stroke-width="0.8"/>')
+        if not wrap and depth[b] - depth[a] > 1:   # a skip connection: an arc above, not hidden under the chain
+            lift = min(8 + 2 * (depth[b] - depth[a]), 22)
+            out.append(f'<path d="M{x1},{y1} Q{(x1 + x2) / 2},{min(y1, y2) - lift} {x2},{y2}" fill="none" '
+                       f'stroke="#7a9cc6" stroke-width="0.9"/>')
+        else:
+            out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{"#ddd" if wrap else "#aaa"}" '
+                       f'stroke-width="0.8"/>')
     for j, n in enumerate(nodes):
         x, y = pos[j]
         if n.get("layer"):

@@ -63,13 +63,10 @@ def verify(out: str | Path) -> dict:
     """Re-hash an output folder against its manifest: {ok, files: {name: ok|changed|missing},
     extra: [...], inputs: {name: same|changed|not found}}; ``ok`` covers the files only."""
     out = Path(out)
+    from .timings import read_output_json
+
     path = out / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no manifest.json: not an hwcompile output folder", where=str(out)) from None
-    except ValueError as e:
-        raise ConfigError(f"manifest.json is not valid JSON: {e}", where=str(path)) from None
+    manifest = read_output_json(out, "manifest.json")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ConfigError("manifest.json has no 'files' table", where=str(path))
     files = {}

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "split", "merge", "read_report"]
+__all__ = ["FORMAT", "split", "merge", "read_report", "read_output_json"]
 
 FORMAT = "hwcompile.timings/1"
 _RUN_KEYS = ("latency_ms", "latency_ms_spread", "timing")
@@ -58,20 +58,21 @@ def merge(stable: dict[str, Any], times: dict[str, Any] | None) -> dict[str, Any
 
 def read_report(path: str | Path) -> dict[str, Any]:
     """The full report of an output folder (or of a ``report.json`` path with ``timings.json`` beside it)."""
-    from ..errors import ConfigError
-
     p = Path(path)
     folder = p if p.is_dir() else p.parent
-    rep_path = folder / "report.json" if p.is_dir() else p
-    try:
-        stable = json.loads(rep_path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no report.json: not an hwcompile output folder", where=str(p)) from None
-    except ValueError as e:
-        raise ConfigError(f"not valid JSON: {e}", where=str(rep_path)) from None
-    t = folder / "timings.json"
-    try:
-        times = json.loads(t.read_text()) if t.is_file() else None
-    except ValueError as e:
-        raise ConfigError(f"not valid JSON: {e}", where=str(t)) from None
+    stable = read_output_json(folder, "report.json" if p.is_dir() else p.name)
+    times = read_output_json(folder, "timings.json") if (folder / "timings.json").is_file() else None
     return merge(stable, times)
+
+
+def read_output_json(folder: Path, name: str) -> Any:
+    """``folder/name`` parsed; a ConfigError saying the folder is not an hwcompile output when it is missing."""
+    from ..errors import ConfigError
+
+    p = Path(folder) / name
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no {name}: not an hwcompile output folder", where=str(folder)) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"not valid JSON: {e}", where=str(p)) from None
