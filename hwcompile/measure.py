@@ -41,7 +41,18 @@ def build(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, o
           calib: Dataset | None, progress: Progress = lambda s: None, cache: dict | None = None,
           recovery: tuple[RecoverSettings, Dataset] | None = None) -> tuple[Graph, Artifact]:
     """Apply the plan's pruning and quantization passes to a copy of ``graph``, train it back toward
-    ``graph`` when ``recovery`` = (settings, data) is given, and lower it."""
+    ``graph`` when ``recovery`` = (settings, data) is given, and lower it.
+
+    With ``cache`` (the search's per-compile state: its callers keep the artifact only) and no
+    recovery, a build already in the content-addressed build cache (``hwcompile.build_cache``) is
+    copied instead, and the returned graph is then None."""
+    from .build_cache import build_key, load_build, save_build
+
+    key = build_key(graph, plan, backend.qdq_style(target), calib, backend, target) \
+        if cache is not None and recovery is None else None
+    hit = load_build(key, Path(out_dir), backend.name, target.name)
+    if hit is not None:
+        return None, hit
     progress("apply plan")
     g = apply_plan(graph.clone(), plan, backend.qdq_style(target), calib, cache=cache)
     if recovery is not None and recovery[0].enabled:
@@ -49,7 +60,9 @@ def build(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, o
 
         g = recover_compiled(g, graph, plan, recovery[0], recovery[1], progress)
     progress(f"lower ({backend.name})")
-    return g, backend.lower(g, plan, target, out_dir)
+    artifact = backend.lower(g, plan, target, out_dir)
+    save_build(key, artifact)
+    return g, artifact
 
 
 def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset, graph: Graph,

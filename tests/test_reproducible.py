@@ -65,15 +65,21 @@ def test_replay_from_cache_remeasure_and_no_cache(tmp_path, monkeypatch):
         opts = lambda **kw: CompileOptions(precision="mixed", repeats=4, warmup=1, **kw)
         first = compile_model(None, "host-cpu", tmp_path / "one", opts())
         assert first.report["measurements"]["cached"] == 0 and first.report["measurements"]["measured"] > 0
-        for kind in ("calibration", "sensitivity", "timings", "outputs"):
+        for kind in ("calibration", "sensitivity", "timings", "outputs", "builds"):
             assert any(Store(kind).dir.rglob("*.*")), kind
-        # the second compile neither recollects statistics nor rescores sensitivity: both come from the cache
+        # the second compile neither recollects statistics nor rescores sensitivity nor rebuilds the search's
+        # plans: they come from the cache; only the final build runs the passes
+        import hwcompile.measure as transform
+
         def refuse(*a, **k):
             raise AssertionError("recomputed a cached result")
         monkeypatch.setattr(calibration, "collect_stats", refuse)
         monkeypatch.setattr(sensitivity, "_row", refuse)
+        applied, apply_plan = [], transform.apply_plan
+        monkeypatch.setattr(transform, "apply_plan", lambda *a, **k: applied.append(1) or apply_plan(*a, **k))
         second = compile_model(None, "host-cpu", tmp_path / "two", opts())
         monkeypatch.undo()
+        assert len(applied) == 1
         n = first.report["measurements"]["measured"]
         assert second.report["measurements"] == {"measured": 0, "pinned": 0, "cached": n}
         for name in STABLE + ("latency.json",):
