@@ -43,16 +43,18 @@ def build(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, o
     """Apply the plan's pruning and quantization passes to a copy of ``graph``, train it back toward
     ``graph`` when ``recovery`` = (settings, data) is given, and lower it.
 
-    With ``cache`` (the search's per-compile state: its callers keep the artifact only) and no
-    recovery, a build already in the content-addressed build cache (``hwcompile.build_cache``) is
-    copied instead, and the returned graph is then None."""
+    Without recovery, inside a compile, a build already in the content-addressed build cache
+    (``hwcompile.build_cache``) is copied instead. With ``cache`` (the search's per-compile state:
+    its callers keep the artifact only) the returned graph is then None; without it (a compile's
+    final build) the cached compiled graph is returned with its ``meta``."""
     from .build_cache import build_key, load_build, save_build
 
-    key = build_key(graph, plan, backend.qdq_style(target), calib, backend, target) \
-        if cache is not None and recovery is None else None
-    hit = load_build(key, Path(out_dir), backend.name, target.name)
+    with_graph = cache is None
+    key = build_key(graph, plan, backend.qdq_style(target), calib, backend, target, with_graph) \
+        if recovery is None or not recovery[0].enabled else None
+    hit = load_build(key, Path(out_dir), backend.name, target.name, with_graph)
     if hit is not None:
-        return None, hit
+        return hit
     progress("apply plan")
     g = apply_plan(graph.clone(), plan, backend.qdq_style(target), calib, cache=cache)
     if recovery is not None and recovery[0].enabled:
@@ -61,7 +63,7 @@ def build(graph: Graph, plan: PrecisionPlan, target: Target, backend: Backend, o
         g = recover_compiled(g, graph, plan, recovery[0], recovery[1], progress)
     progress(f"lower ({backend.name})")
     artifact = backend.lower(g, plan, target, out_dir)
-    save_build(key, artifact)
+    save_build(key, artifact, g if with_graph else None)
     return g, artifact
 
 
