@@ -41,7 +41,7 @@ def build_key(graph, plan, style, calib, backend, target, with_graph: bool = Fal
     """The key, or None when no cache is live (outside a compile, or ``--no-cache``)."""
     if not enabled():
         return None
-    from . import __version__
+    from .version import __version__
     from .ir import to_bytes
 
     g = _digest(graph, lambda: hashlib.sha256(to_bytes(graph)).hexdigest())

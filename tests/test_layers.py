@@ -22,11 +22,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ir", ("ir", "data", "metrics", "ort_session")),
     ("contract", ("contract", "plan", "targets", "versions")),
     ("numerics", ("quant", "prune", "passes", "analysis", "transform")),
-    ("measure", ("measure", "latency_table", "recover")),
+    ("measure", ("measure", "latency_table", "build_cache", "recover")),
     ("search", ("search",)),
     ("backends", ("backends",)),
-    ("pipeline", ("pipeline", "profiling", "report", "config")),
-    ("cli", ("cli", "__main__", "")),      # "": the package itself (hwcompile/__init__.py, the API)
+    ("pipeline", ("pipeline", "profiling", "report", "config", "gates")),
+    ("cli", ("cli", "__main__", "", "api")),      # "": the package itself (hwcompile/__init__.py, the API)
 ]
 RANK = {name: k for k, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -101,7 +101,11 @@ def layer_sensitivity(graph: Graph, target: Target, backend: Backend, calib: Dat
     stored_key = sensitivity_key(graph, target, backend, data, [c.name for c in cands], quant)  # None: no cache
     hit = load_sensitivity(stored_key)
     if hit is not None:
-        return hit
+        try:
+            return SensitivityTable(rows=[SensitivityRow(**r) for r in hit["rows"]], samples=int(hit["samples"]),
+                                    candidates=list(hit["candidates"]), skipped=dict(hit.get("skipped", {})))
+        except (KeyError, TypeError, ValueError):
+            pass    # a stored table of another shape: score again
     reference = backend.graph_runner(graph, target).run(data)
     weights = output_weights(data.inputs, reference)     # padding tokens do not count (metrics.output_weights)
     style = backend.qdq_style(target)

@@ -23,7 +23,7 @@ def sensitivity_key(graph, target, backend, data, candidates, quant) -> str | No
     import hashlib
     from importlib.metadata import version
 
-    from .. import __version__
+    from ..version import __version__
     from ..ir import to_bytes
 
     return content_key(_FORMAT, __version__, version("onnxruntime"), backend.name,
@@ -37,15 +37,9 @@ def save_sensitivity(key: str | None, table) -> None:
         Store("sensitivity").put(key, {"format": _FORMAT, **table.to_dict()})
 
 
-def load_sensitivity(key: str | None):
-    """The stored SensitivityTable, or None."""
-    from .sensitivity import SensitivityRow, SensitivityTable
-
+def load_sensitivity(key: str | None) -> dict | None:
+    """The stored table as its ``to_dict()`` (rows, samples, candidates, skipped), or None."""
     d = Store("sensitivity").get(key) if key else None
-    if not isinstance(d, dict) or d.get("format") != _FORMAT:
+    if not isinstance(d, dict) or d.get("format") != _FORMAT or not isinstance(d.get("rows"), list):
         return None
-    try:
-        return SensitivityTable(rows=[SensitivityRow(**r) for r in d["rows"]], samples=int(d["samples"]),
-                                candidates=list(d["candidates"]), skipped=dict(d.get("skipped", {})))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return d

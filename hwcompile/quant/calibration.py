@@ -90,8 +90,9 @@ def calibrate(graph: Graph, data: Dataset, tensors: list[str], layers: list[ir.N
     from .stored import calibration_key, load_calibration, save_calibration
 
     stored_key = calibration_key(graph, data, settings, limit)   # None outside a compile or with --no-cache
-    cal = load_calibration(stored_key, settings) if stored_key else None
-    if cal is not None:
+    parts = load_calibration(stored_key) if stored_key else None
+    if parts is not None:
+        cal = Calibration(stats=parts[0], settings=settings, channel_means=parts[1], hessians=parts[2])
         cache[key] = cal
         return cal
     all_tensors = activation_tensors(graph)

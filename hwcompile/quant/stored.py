@@ -28,15 +28,28 @@ def calibration_key(graph, data, settings, limit: int | None) -> str | None:
     import platform
     from importlib.metadata import version
 
-    from .. import __version__
+    from ..version import __version__
     from ..ir import to_bytes
-    from ..targets import _cpu_model
 
     sample = data.take(limit) if limit is not None else data
     tools = {p: version(p) for p in ("onnxruntime", "onnx", "numpy")}
-    return content_key(_FORMAT, __version__, tools, platform.machine(), _cpu_model(),
+    return content_key(_FORMAT, __version__, tools, platform.machine(), _cpu(),
                        hashlib.sha256(to_bytes(graph)).hexdigest(), array_digest(sample.inputs),
                        settings.histogram_bins, settings.compensation == "gptq", limit)
+
+
+def _cpu() -> str:
+    """The CPU model (``/proc/cpuinfo``), else the platform's processor name: activations are computed here."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def save_calibration(key: str, cal) -> None:
@@ -52,9 +65,8 @@ def save_calibration(key: str, cal) -> None:
     Store("calibration").put_arrays(key, arrays)
 
 
-def load_calibration(key: str, settings):
-    """The stored Calibration with ``settings`` applied, or None (a miss, or a file of another format)."""
-    from .calibration import Calibration
+def load_calibration(key: str):
+    """(stats, channel means, Hessians) stored under ``key``, or None (a miss, or a file of another format)."""
     from .observers import TensorStats
 
     z = Store("calibration").get_arrays(key)
@@ -71,4 +83,4 @@ def load_calibration(key: str, settings):
         hessians = {n: z[f"H{i}"] for i, n in enumerate(meta["hessians"])}
     except (KeyError, ValueError, TypeError):
         return None
-    return Calibration(stats=stats, settings=settings, channel_means=means, hessians=hessians)
+    return stats, means, hessians

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import graphmap, svg
 
-__all__ = ["render"]
+__all__ = ["render", "summary_rows"]
 
 e = html.escape
 _CSS = """body{font-family:sans-serif;margin:1.5em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -33,8 +33,6 @@ def _f(x, nd: int = 4) -> str:
 
 def render(report: dict[str, Any], plan=None) -> str:
     """The page for a full report (``report.json`` + ``timings.json``) and its plan."""
-    from .writer import summary_rows
-
     choices = {lid: v["choice"] for lid, v in report.get("layers", {}).items() if "choice" in v}
     reasons = {lid: c.reason for lid, c in (plan.layers.items() if plan is not None else []) if c.reason}
     metric = report.get("accuracy_metric") or _first_metric(report)
@@ -50,14 +48,31 @@ def render(report: dict[str, Any], plan=None) -> str:
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(what, baseline, compiled) rows for the CLI table and the human report."""
+    b, c = report.get("baseline") or {}, report["compiled"]
+    rows = [("latency (median ms)", _g(b.get("latency_ms")), _g(c.get("latency_ms"))),
+            ("latency spread (IQR ms)", _g(b.get("latency_ms_spread")), _g(c.get("latency_ms_spread"))),
+            ("size (bytes)", _i(b.get("size_bytes")), _i(c.get("size_bytes")))]
+    for k in sorted(set(b.get("metrics", {})) | set(c.get("metrics", {}))):
+        rows.append((k, _g(b.get("metrics", {}).get(k)), _g(c.get("metrics", {}).get(k))))
+    return rows
+
+
+def _g(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _i(x) -> str:
+    return "-" if x is None else f"{x:,}"
+
+
 def _first_metric(report: dict) -> str:
     m = (report.get("compiled") or {}).get("metrics") or {}
     return next((k for k in ("top1", "spearman", "top5", "snr_db") if k in m), "snr_db")
 
 
 def _result(report: dict) -> str:
-    from .writer import summary_rows
-
     rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td></tr>" for a, b, c in summary_rows(report))
     notes = "".join(f"<li>{e(n)}</li>" for n in report.get("notes", []))
     speed = report.get("speedup")

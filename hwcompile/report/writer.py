@@ -8,6 +8,7 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..contract import PrecisionPlan
+from .html import render, summary_rows
 
 __all__ = ["write_outputs", "render_html", "summary_rows", "json_default"]
 
@@ -52,27 +53,6 @@ def write_outputs(out: Path, artifact, plan: PrecisionPlan, report: dict, profil
                    target={"name": report["target"]["name"], "fingerprint": report["target"].get("fingerprint")})
 
 
-def summary_rows(report: dict) -> list[tuple[str, str, str]]:
-    """(what, baseline, compiled) rows for the CLI table and the human report."""
-    b, c = report.get("baseline") or {}, report["compiled"]
-    rows = [("latency (median ms)", _f(b.get("latency_ms")), _f(c.get("latency_ms"))),
-            ("latency spread (IQR ms)", _f(b.get("latency_ms_spread")), _f(c.get("latency_ms_spread"))),
-            ("size (bytes)", _i(b.get("size_bytes")), _i(c.get("size_bytes")))]
-    for k in sorted(set(b.get("metrics", {})) | set(c.get("metrics", {}))):
-        rows.append((k, _f(b.get("metrics", {}).get(k)), _f(c.get("metrics", {}).get(k))))
-    return rows
-
-
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
-def _i(x) -> str:
-    return "-" if x is None else f"{x:,}"
-
-
 def render_html(report: dict, plan: PrecisionPlan | None = None) -> str:
     """The self-contained human report (``report.html``; see ``report.html``'s module)."""
-    from .html import render
-
     return render(report, plan)
