@@ -45,6 +45,7 @@ class BackendUnavailable(HwcompileError):
 
     exit_code = 4   # the target cannot build here
 
+
 class DeviceError(HwcompileError):
     """A device or runtime failed, hung or went away while running or profiling a model."""
 
