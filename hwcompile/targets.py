@@ -20,7 +20,7 @@ from .contract.capabilities import sparsity_family
 from .contract.plan import CANDIDATES, QuantSettings
 from .errors import ConfigError
 
-__all__ = ["Target", "load_target", "list_targets", "targets_dirs"]
+__all__ = ["Target", "load_target", "list_targets", "targets_dirs", "cpu_model"]
 
 _REQUIRED = ("name", "backend")
 
@@ -46,7 +46,7 @@ class Target:
         """A content hash of the device, its settings and the tools: the key of latency caches."""
         data = {
             "target": self.name, "backend": self.backend, "settings": self.settings,
-            "tools": tool_versions, "machine": platform.machine(), "cpu": _cpu_model(),
+            "tools": tool_versions, "machine": platform.machine(), "cpu": cpu_model(),
             "cores": os.cpu_count(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -140,7 +140,7 @@ def _check_quant(quant: dict[str, Any], path: Path) -> None:
         raise ConfigError(e.message, where=f"{path} [quant].{e.where}") from None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -30,26 +30,13 @@ def calibration_key(graph, data, settings, limit: int | None) -> str | None:
 
     from ..version import __version__
     from ..ir import to_bytes
+    from ..targets import cpu_model
 
     sample = data.take(limit) if limit is not None else data
     tools = {p: version(p) for p in ("onnxruntime", "onnx", "numpy")}
-    return content_key(_FORMAT, __version__, tools, platform.machine(), _cpu(),
+    return content_key(_FORMAT, __version__, tools, platform.machine(), cpu_model(),
                        hashlib.sha256(to_bytes(graph)).hexdigest(), array_digest(sample.inputs),
                        settings.histogram_bins, settings.compensation == "gptq", limit)
-
-
-def _cpu() -> str:
-    """The CPU model (``/proc/cpuinfo``), else the platform's processor name: activations are computed here."""
-    import platform
-    from pathlib import Path
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def save_calibration(key: str, cal) -> None:
