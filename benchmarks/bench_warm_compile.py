@@ -93,7 +93,7 @@ def main() -> None:
                 log(f"{precision}: cold {cold:.1f} s, warm {warm:.1f} s ({cold / warm:.1f}x), identical {same}")
             speed = [r["speedup"] for r in rows]
             result["runs"][precision] = {"rounds": rows, "speedup_min": min(speed), "speedup_max": max(speed)}
-    save("warm_compile", result)
+            save("warm_compile", result)     # after each configuration: a cut-short run keeps what it measured
 
 
 if __name__ == "__main__":
