@@ -67,6 +67,8 @@ def compile(
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 | int8dyn | int4w | mixed"),
     sparsity: str = typer.Option("dense", help="dense | 2:4 | N:M | unstructured=R | channels=R"),
     prune_schedule: str = typer.Option("one-shot", help="one-shot | gradual | iterative"),
+    prune_criterion: str = typer.Option(
+        "auto", help="auto | magnitude | wanda | sparsegpt | fisher | snip | grasp (gradients: needs hwcompile[train])"),
     calib: Optional[Path] = typer.Option(None, help=".npz: one array per model input (axis 0 = samples)."),
     calib_method: Optional[str] = typer.Option(
         None, help="minmax | percentile | entropy | mse (default: the target's [quant], else minmax)"),
@@ -114,7 +116,7 @@ def compile(
         opts = CompileOptions(
             recover=RecoverSettings(steps=recover_steps, minutes=recover_minutes, mode=recover, lr=recover_lr),
             recover_data=recover_data,
-            precision=precision, sparsity=sparsity, prune=PruneSettings(schedule=prune_schedule),
+            precision=precision, sparsity=sparsity, prune=PruneSettings(schedule=prune_schedule, importance=prune_criterion),
             quant=QuantSettings(calib_method=calib_method or "minmax", compensation=compensation,
                                 per_channel=not per_tensor, embeddings=embeddings),
             quant_given=frozenset({"calib_method"} if calib_method else ()),

@@ -152,7 +152,7 @@ def make_plan(graph: Graph, options: CompileOptions, target: Target) -> Precisio
         # the target's [quant] defaults (e.g. TensorRT: entropy calibration), unless given on the command line
         device = {k: v for k, v in target.quant.items() if k not in options.quant_given}
         plan = PrecisionPlan(default=LayerChoice.from_candidate(base, options.sparsity, reason="uniform"),
-                             quant=dataclasses.replace(options.quant, **device), prune=options.prune)
+                             quant=dataclasses.replace(options.quant, **device), prune=_prune_settings(options))
     shapes = options.input_shapes or plan.input_shapes
     return dataclasses.replace(plan, target=target.name, input_shapes=shapes)
 
@@ -293,7 +293,25 @@ def _recovery(graph: Graph, options: CompileOptions, calib: Dataset | None):
     if data is None:
         raise DataError("recovery training needs data", where="--recover-data",
                         hint="pass --recover-data DATA.npz (model inputs) or --calib")
-    return options.recover, data
+    return _cycle_share(options) or options.recover, data
+
+
+def _cycle_share(options: CompileOptions) -> RecoverSettings | None:
+    """With recovery on and a gradual/iterative schedule, the budget of each of its ``steps`` prune ->
+    recover cycles (the last one is the recovery after the passes); None otherwise."""
+    if not options.recover.enabled or options.prune.schedule == "one-shot" or options.sparsity == "dense":
+        return None
+    k, r = options.prune.steps, options.recover
+    return dataclasses.replace(r, steps=-(-r.steps // k) if r.steps else 0, minutes=r.minutes / k)
+
+
+def _prune_settings(options: CompileOptions) -> PruneSettings:
+    """The plan's prune settings: with prune -> recover cycles, each cycle's training budget in them."""
+    cycle = _cycle_share(options)
+    if cycle is None:
+        return options.prune
+    return dataclasses.replace(options.prune, recover_steps=cycle.steps, recover_minutes=cycle.minutes,
+                               recover_lr=cycle.lr)
 
 
 def _attention_variants(graph, compiled_graph, artifact, measured, plan, target, backend, tmp, sample, eval_set,

@@ -20,7 +20,7 @@ from hwcompile.errors import BackendUnavailable, DataError, UnsupportedError  # 
 from hwcompile.ir import from_proto, to_bytes  # noqa: E402
 from hwcompile.passes import cleanup  # noqa: E402
 from hwcompile.pipeline import build  # noqa: E402
-from hwcompile.plan import PrecisionPlan  # noqa: E402
+from hwcompile.contract import PrecisionPlan, PruneSettings  # noqa: E402
 from hwcompile.prune.masks import check_nm, reduction_axis  # noqa: E402
 from hwcompile.recover import RecoverSettings, recover, recover_compiled  # noqa: E402
 from hwcompile.recover.module import GraphModule  # noqa: E402
@@ -324,3 +324,108 @@ def test_block_reconstruction_lowers_each_block_loss(tmp_path, precision):
     assert rep["loss_best"] < rep["loss_start"]
     after = _weights(student, masked)
     assert all(np.all(after[k][before[k] == 0] == 0) for k in masked)
+
+
+# -- gradient criteria against their closed forms ----------------------------------------------
+def _linear_classifier(seed=0, d=12, c=5):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((c, d)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32) * 0.1
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="fc", transB=1)
+    graph = helper.make_graph([node], "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", c])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    x = rng.standard_normal((16, d)).astype(np.float32)
+    y = rng.integers(0, c, 16)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w, b, x, y
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("criterion", ["snip", "fisher", "grasp"])
+def test_gradient_criteria_match_their_closed_form(criterion):
+    """Softmax regression logits = x W^T + b with labels: per batch of 8, G_b = (P - Y)^T X / 8;
+    snip |W * mean G_b|, fisher W^2 * mean G_b^2, grasp W * mean_b H_b g with g = mean G_b and
+    H_b g = sum_n (diag p_n - p_n p_n^T) g x_n x_n^T / 8."""
+    from hwcompile.recover.criteria import gradient_importance
+
+    proto, w, b, x, y = _linear_classifier()
+    graph = graph_of(proto)
+    got = gradient_importance(graph, ["fc"], Dataset({"x": x}, labels=y), criterion, batch_size=8)["fc"]
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    gs, hs = [], []
+    for s in (0, 8):
+        xb, yb = x64[s:s + 8], y[s:s + 8]
+        p = _softmax(xb @ w64.T + b)
+        gs.append((p - np.eye(w.shape[0])[yb]).T @ xb / 8)
+    g = np.mean(gs, axis=0)
+    for s in (0, 8):
+        xb = x64[s:s + 8]
+        p = _softmax(xb @ w64.T + b)
+        hg = np.zeros_like(w64)
+        for pn, xn in zip(p, xb):
+            hg += np.outer((np.diag(pn) - np.outer(pn, pn)) @ (g @ xn), xn) / 8
+        hs.append(hg)
+    want = {"snip": np.abs(w64 * g), "fisher": w64 ** 2 * np.mean(np.square(gs), axis=0),
+            "grasp": w64 * np.mean(hs, axis=0)}[criterion]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7 * np.abs(want).max())
+
+
+def test_gradient_criterion_through_the_prune_pass(tmp_path):
+    """prune_importance = snip: the 2:4 mask keeps, in each group of 4, the 2 largest SNIP scores."""
+    from hwcompile.passes.prune import prune
+    from hwcompile.recover.criteria import gradient_importance
+
+    proto, w, b, x, y = _linear_classifier(d=16)
+    graph = graph_of(proto)
+    data = Dataset({"x": x})
+    scores = gradient_importance(graph, ["fc"], data, "snip")["fc"]
+    plan = PrecisionPlan.uniform("fp32", "2:4", prune=PruneSettings(importance="snip", reconstruct=False))
+    pruned = prune(graph.clone(), plan, data)
+    kept = pruned.node("fc").inputs[1].const_value.numpy() != 0
+    want = np.zeros_like(kept)
+    groups = scores.reshape(scores.shape[0], -1, 4)
+    top = np.argsort(-groups, axis=2, kind="stable")[:, :, :2]
+    np.put_along_axis(want.reshape(groups.shape), top, True, axis=2)
+    assert np.array_equal(kept, want)
+    assert pruned.meta["prune"]["layers"]["fc"]["mask"] == "snip"
+
+
+@pytest.mark.parametrize("schedule", ["gradual", "iterative"])
+def test_schedules_train_between_pruning_steps(schedule):
+    """gradual / iterative with a recovery budget: steps - 1 prune -> recover cycles inside the pass (the
+    last one is the pipeline's recovery); 2:4 holds at the end and every layer id is kept."""
+    from hwcompile.passes.prune import prune
+
+    teacher = graph_of(tiny_cnn())
+    plan = PrecisionPlan.uniform("fp32", "2:4", prune=PruneSettings(schedule=schedule, recover_steps=4,
+                                                                     recover_lr=3e-3))
+    g = prune(teacher.clone(), plan, cnn_data())
+    layers = g.meta["prune"]["layers"]
+    cycles = next(v["recover_cycles"] for v in layers.values() if "recover_cycles" in v)
+    assert len(cycles) == 2 and all(c["steps"] == 4 for c in cycles)
+    assert [n.name for n in g.main] == [n.name for n in teacher.main]
+    for lid in layers:
+        w = g.node(lid).inputs[1].const_value.numpy()
+        assert not check_nm(w, 2, 4, 1), lid
+
+
+def test_cli_gradual_recovery_splits_the_budget(tmp_path):
+    import json
+
+    model, calib = _files(tmp_path, tiny_cnn())
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["compile", str(model), "--calib", str(calib), "--sparsity", "2:4", "--prune-schedule",
+                            "gradual", "--recover-steps", "6", "--prune-criterion", "snip", "-o", str(out),
+                            "--repeats", "2"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert rep["recovery"]["steps"] == 2
+    assert plan["prune"]["recover_steps"] == 2 and plan["prune"]["importance"] == "snip"
+    r = runner.invoke(app, ["compile", str(model), "--calib", str(calib), "--sparsity", "2:4", "--prune-criterion",
+                            "bogus", "-o", str(out)])
+    assert r.exit_code == 2 and "importance" in r.output and "bogus" in r.output, r.output

@@ -158,7 +158,8 @@ class PruneSettings:
     schedule: str = "one-shot"           # one-shot | gradual | iterative
     steps: int = 3                       # gradual: number of steps
     global_: bool = False                # unstructured: one threshold over all layers (JSON key 'global')
-    importance: str = "auto"             # auto | magnitude | wanda | sparsegpt (auto: wanda with calibration data)
+    importance: str = "auto"             # auto | magnitude | wanda | sparsegpt | fisher | snip | grasp
+                                         # (auto: wanda with calibration data; the last three: recover.criteria)
     channel_importance: str = "auto"     # auto | l1 | l2 | activation (auto: activation with data)
     reconstruct: bool = True             # least-squares refit when calibration data is given
     ridge: float = 1e-3                  # refit damping, relative to mean diag(X^T X)
@@ -178,11 +179,15 @@ class PruneSettings:
     channel_max_ratio: float = 0.75      # global: no group loses more than this fraction of its channels
     channel_min_group: int = 16          # global: groups with at most this many channels stay dense
     channel_protect_ends: bool = True    # global: the stem and head groups stay dense
+    recover_steps: int = 0               # gradual/iterative: training steps of each prune -> recover cycle
+    recover_minutes: float = 0.0         # ... and its time budget (0 and 0: no cycles; hwcompile.recover)
+    recover_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         _check_types(self, "plan.prune")
         checks = {"schedule": self.schedule in SCHEDULES, "steps": self.steps >= 1,
-                  "importance": self.importance in ("auto", "magnitude", "wanda", "sparsegpt"),
+                  "importance": self.importance in ("auto", "magnitude", "wanda", "sparsegpt", "fisher", "snip",
+                                                    "grasp"),
                   "refit_prior": self.refit_prior in ("zero", "weight"), "percdamp": self.percdamp > 0,
                   "refit_rounds": self.refit_rounds >= 0,
                   "channel_importance": self.channel_importance in ("auto", "l1", "l2", "activation"),
@@ -191,7 +196,8 @@ class PruneSettings:
                   "channel_multiple": self.channel_multiple >= 1,
                   "channel_allocation": self.channel_allocation in ("global", "uniform"),
                   "channel_max_ratio": 0.0 < self.channel_max_ratio <= 1.0,
-                  "channel_min_group": self.channel_min_group >= 0}
+                  "channel_min_group": self.channel_min_group >= 0, "recover_steps": self.recover_steps >= 0,
+                  "recover_minutes": self.recover_minutes >= 0, "recover_lr": self.recover_lr > 0}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {getattr(self, key)!r}", where=f"plan.prune.{_json_key(key)}",

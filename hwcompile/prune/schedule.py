@@ -68,6 +68,8 @@ __all__ = ["SCHEDULES", "PruneConfig", "prune_weights", "prune_channels"]
 
 #: The pruning options are the plan's typed ``PruneSettings`` (``plan.prune``).
 PruneConfig = PruneSettings
+#: importance from gradients on the calibration data (``recover.criteria``, needs the train extra)
+GRADIENT_CRITERIA = ("fisher", "snip", "grasp")
 
 
 # -- weight-level (N:M, unstructured) ---------------------------------------------------------
@@ -78,7 +80,7 @@ def prune_weights(graph: Graph, targets: Mapping[str, WeightTarget], calib: Data
     order = [n.name for n in graph.layers() if n.name in targets]
     targets = dict(targets)
     needs_data = calib is not None and (config.reconstruct or config.weight_method(calib) != "magnitude")
-    if config.weight_method(calib) in ("wanda", "sparsegpt") and calib is None:
+    if config.weight_method(calib) in ("wanda", "sparsegpt", *GRADIENT_CRITERIA) and calib is None:
         raise ConfigError(f"{config.weight_method(calib)} importance needs calibration data",
                           where="plan.prune.importance", hint="pass --calib or use importance = magnitude")
     report: dict[str, dict] = {n: {"target": targets[n].label} for n in order}
@@ -89,28 +91,49 @@ def prune_weights(graph: Graph, targets: Mapping[str, WeightTarget], calib: Data
     refit = data is not None and config.reconstruct
     shifted = _shifted_layers(graph, order) if refit and config.refit_unpruned else []
     rounds = config.refit_rounds if refit else 0
-    reference = graph.clone() if data is not None and (config.schedule != "one-shot" or rounds) else None
+    cycles = calib is not None and config.schedule != "one-shot" and (config.recover_steps or config.recover_minutes)
+    reference = graph.clone() if (data is not None and (config.schedule != "one-shot" or rounds)) or cycles else None
     bases: dict[str, np.ndarray] = {}
+    trained: list[dict] = []
     if config.schedule == "one-shot":
         _weight_round(graph, None, {n: targets[n] for n in order}, data, config, masks, report, bases)
     elif config.schedule == "gradual":
         for s in range(1, config.steps + 1):
             step = {n: targets[n].step(s, config.steps) for n in order}
             _weight_round(graph, reference if s > 1 else None, step, data, config, masks, report, bases)
+            if cycles and s < config.steps:   # the last cycle's training is the pipeline's recovery after the passes
+                trained.append(_recover_cycle(graph, reference, calib, config, list(masks)))
     else:
         seq = [n.name for n in graph.layers() if n.name in targets or n.name in shifted]
+        pruned_seq = [n for n in seq if n in targets]
+        ends = {pruned_seq[min(len(pruned_seq), -(-len(pruned_seq) * c // config.steps)) - 1]
+                for c in range(1, config.steps)} if cycles and pruned_seq else set()
         for i, n in enumerate(seq):
             if n in targets:
                 _weight_round(graph, reference if i > 0 else None, {n: targets[n]}, data, config, masks, report,
                               bases)
+                if n in ends:                 # a cycle after each of the first steps - 1 equal groups of layers
+                    trained.append(_recover_cycle(graph, reference, calib, config, list(masks)))
             elif i > 0:
                 _refit_round(graph, reference, [n], {}, data, config, None, bases, unpruned)
+    if trained and order:
+        report[order[0]]["recover_cycles"] = trained
     for r in range(rounds):
         _refit_round(graph, reference, order + shifted, masks, data, config, report if r == rounds - 1 else None,
                      bases, unpruned)
     for n in order:
         report[n]["sparsity"] = float(1.0 - masks[n].mean())
     return report
+
+
+def _recover_cycle(graph: Graph, reference: Graph, calib: Dataset, config: PruneConfig, masked: list[str]) -> dict:
+    """One prune -> recover cycle's training: the partly pruned graph distilled toward the dense one, its
+    masks fixed (``recover.recover``); returns that run's summary."""
+    from ..recover import RecoverSettings, recover
+
+    settings = RecoverSettings(steps=config.recover_steps, minutes=config.recover_minutes, lr=config.recover_lr)
+    rep = recover(graph, reference, calib, settings, masked, field="--calib")
+    return {k: rep[k] for k in ("steps", "loss_start", "loss_best", "seconds_total")}
 
 
 def _shifted_layers(graph: Graph, order: list[str]) -> list[str]:
@@ -161,6 +184,7 @@ def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, con
                   bases: dict | None = None) -> None:
     grams = _grams(graph, reference, list(step), calib, config)
     method = config.weight_method(calib)
+    grads = _gradient_scores(graph, list(step), calib, config) if method in GRADIENT_CRITERIA else {}
     for name, target in step.items():
         node = graph.node(name)
         wv = node.inputs[1]
@@ -184,7 +208,10 @@ def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, con
         wanda = method in ("wanda", "sparsegpt")       # sparsegpt is N:M only: Wanda masks otherwise
         if method == "sparsegpt":
             report[name]["mask"] = "wanda (sparsegpt chooses N:M masks only)"
-        mask = layer_mask(node, w, target, importance(w, gram if wanda else None), masks.get(name))
+        score = grads[name] if name in grads else importance(w, gram if wanda else None)
+        if name in grads:
+            report[name]["mask"] = method
+        mask = layer_mask(node, w, target, score, masks.get(name))
         masks[name] = mask
         if gram is not None and config.reconstruct and not mask.all():
             report[name]["error_masked"] = relative_error(np.where(mask, w, 0), gram)
@@ -196,6 +223,16 @@ def _weight_round(graph, reference, step: Mapping[str, WeightTarget], calib, con
             report[name].setdefault("reconstructed", False)
         if not np.array_equal(new, w):
             graph.replace_initializer(wv, new.astype(w.dtype))
+
+
+def _gradient_scores(graph, names, calib, config) -> dict[str, np.ndarray]:
+    """Per-layer ranks (0 = least important) of the gradient criterion's scores on the current graph."""
+    from ..recover.criteria import gradient_importance
+
+    scores = gradient_importance(graph, names, calib, config.importance, batch_size=config.batch_size,
+                                 limit=config.calib_samples)
+    return {n: np.argsort(np.argsort(s, axis=None, kind="stable"), kind="stable").reshape(s.shape).astype(np.float64)
+            for n, s in scores.items()}
 
 
 def _globalize(graph, targets, order, calib, config, report) -> None:

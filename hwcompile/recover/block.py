@@ -80,29 +80,30 @@ def reconstruct_blocks(student: GraphModule, teacher: GraphModule, b, settings, 
     fit = [(nodes, outs) for nodes, outs in blocks if outs and _block_params(student, nodes)]
     per_block_steps = max(1, settings.steps // max(len(fit), 1)) if settings.steps else 0
     gen = torch.Generator().manual_seed(settings.seed)
+    bs = b.micro
     report, total_steps = [], 0
     for k, (nodes, outs) in enumerate(blocks):
         names = _block_params(student, nodes)
         if outs and names:
             with torch.no_grad():
                 target = {}
-                for s in range(0, len(idx), b.batch_size):
-                    part = teacher.run({n: t[s:s + b.batch_size] for n, t in b.feeds(idx).items()},
+                for s in range(0, len(idx), bs):
+                    part = teacher.run({n: t[s:s + bs] for n, t in b.feeds(idx).items()},
                                        teacher.nodes, outs)
                     for name, t in part.items():
                         target.setdefault(name, []).append(t)
                 target = {n: torch.cat(ts) for n, ts in target.items()}
             share = None if deadline is None else (deadline - time.perf_counter()) / max(len(fit) - len(report), 1)
             entry = _fit_block(student, nodes, outs, names, env, target, train, val, settings, per_block_steps,
-                               share, gen, b.batch_size)
+                               share, gen, bs, settings.batch_size)
             entry.update(block=k, nodes=len(nodes), last=nodes[-1].name)
             report.append(entry)
             total_steps += entry["steps"]
             progress(f"recover block {len(report)}/{len(fit)}: loss {entry['loss_start']:.4g} -> {entry['loss_best']:.4g}")
         with torch.no_grad():                  # advance the live values through the (fit) block
             new = {}
-            for s in range(0, len(idx), b.batch_size):
-                part = student.run({n: t[s:s + b.batch_size] for n, t in env.items()}, nodes,
+            for s in range(0, len(idx), bs):
+                part = student.run({n: t[s:s + bs] for n, t in env.items()}, nodes,
                                    [o.name for n in nodes for o in n.outputs])
                 for name, t in part.items():
                     new.setdefault(name, []).append(t)
@@ -116,7 +117,9 @@ def reconstruct_blocks(student: GraphModule, teacher: GraphModule, b, settings, 
             "samples_block": int(len(idx)), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _fit_block(student, nodes, outs, names, env, target, train, val, settings, steps, seconds, gen, bs) -> dict:
+def _fit_block(student, nodes, outs, names, env, target, train, val, settings, steps, seconds, gen, bs,
+               batch) -> dict:
+    """Fit one block's weights ``names``; ``bs`` is the largest batch the graph runs, ``batch`` the step's."""
     params = [student.params[student.key[n]] for n in names]
     opt = torch.optim.Adam(params, lr=settings.lr)
     want = list(outs)
@@ -136,10 +139,10 @@ def _fit_block(student, nodes, outs, names, env, target, train, val, settings, s
     t_end = None if seconds is None else time.perf_counter() + max(seconds, 0.0)
     step = 0
     while (not steps or step < steps) and (t_end is None or time.perf_counter() < t_end):
-        rows = train[torch.randint(len(train), (min(bs, len(train)),), generator=gen).numpy()]
+        rows = train[torch.randint(len(train), (min(batch, len(train)),), generator=gen).numpy()]
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(rows)
-        loss.backward()
+        for s in range(0, len(rows), bs):
+            (loss_of(rows[s:s + bs]) * (len(rows[s:s + bs]) / len(rows))).backward()
         for n in names:
             if n in student.masks and params[names.index(n)].grad is not None:
                 params[names.index(n)].grad.mul_(student.masks[n])

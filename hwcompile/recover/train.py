@@ -58,11 +58,11 @@ class Batches:
         else:
             self.val, self.train = perm[:n_val], perm[n_val:]
         self.batch_size = settings.batch_size
+        # a model exported with a fixed batch (e.g. Reshape to [1, -1]) runs in micro-batches of that size
+        self.micro = min(student.graph.fixed_batch() or settings.batch_size, settings.batch_size)
         mask_name = _token_mask(settings, self.inputs)
         self.mask = self.inputs[mask_name] if mask_name else None
-        with torch.no_grad():
-            outs = [teacher(self.feeds(idx)) for idx in self.chunks(np.arange(n))]
-        self.teacher = {k: torch.cat([o[k] for o in outs]) for k in teacher.output_names}
+        self.teacher = teacher_outputs(teacher, feeds, self.micro)
         self.kinds = {k: loss_kind(settings.loss, t) for k, t in self.teacher.items()}
         if not any(self.kinds.values()):
             from ..errors import UnsupportedError
@@ -73,9 +73,22 @@ class Batches:
         idx = torch.as_tensor(idx)
         return {k: v[idx] for k, v in self.inputs.items()}
 
-    def chunks(self, idx: np.ndarray):
-        for s in range(0, len(idx), self.batch_size):
-            yield idx[s:s + self.batch_size]
+    def chunks(self, idx: np.ndarray, size: int | None = None):
+        size = size or self.micro
+        for s in range(0, len(idx), size):
+            yield idx[s:s + size]
+
+
+def teacher_outputs(teacher: GraphModule, feeds: dict[str, np.ndarray], batch: int) -> dict[str, torch.Tensor]:
+    """The teacher's outputs on all the data, computed once by onnxruntime (the interpreter agrees with
+    it to float rounding; onnxruntime is many times faster at inference on the CPU)."""
+    from ..ir import to_proto
+    from ..quant.collect import in_memory_session
+
+    sess = in_memory_session(to_proto(teacher.graph))
+    n = len(next(iter(feeds.values())))
+    outs = [sess.run(teacher.output_names, {k: v[s:s + batch] for k, v in feeds.items()}) for s in range(0, n, batch)]
+    return {k: torch.from_numpy(np.concatenate([o[i] for o in outs])) for i, k in enumerate(teacher.output_names)}
 
 
 def _token_mask(settings: RecoverSettings, inputs: dict[str, torch.Tensor]) -> str | None:
@@ -116,7 +129,7 @@ def distill(student: GraphModule, b: Batches, settings: RecoverSettings, progres
             deadline: float | None = None) -> dict:
     """Train ``student`` in place (the best checkpoint loaded at the end); returns what happened."""
     t0 = time.perf_counter()
-    params = [p for p in student.params.values()]
+    params = list(student.params.values())
     if not params:
         return {"steps": 0, "reason": "no trainable weights"}
     gen = torch.Generator().manual_seed(settings.seed)
@@ -137,8 +150,11 @@ def distill(student: GraphModule, b: Batches, settings: RecoverSettings, progres
             order += b.train[torch.randperm(len(b.train), generator=gen).numpy()].tolist()
         idx, order = order[:settings.batch_size], order[settings.batch_size:]
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(student, b, np.asarray(idx), settings)
-        loss.backward()
+        loss = 0.0
+        for part in b.chunks(np.asarray(idx)):        # gradient accumulation over micro-batches
+            part_loss = batch_loss(student, b, part, settings) * (len(part) / len(idx))
+            part_loss.backward()
+            loss += part_loss.detach()
         for name, mask in student.masks.items():
             g = student.params[student.key[name]].grad
             if g is not None:
@@ -148,7 +164,7 @@ def distill(student: GraphModule, b: Batches, settings: RecoverSettings, progres
         if sched is not None:
             sched.step()
         step += 1
-        train_loss = loss.item()
+        train_loss = float(loss)
         progress(f"recover step {step}{'/' + str(steps) if steps else ''}: loss {train_loss:.4g} "
                  f"(held-out best {best[0]:.4g})")
         if step % settings.eval_every == 0:

@@ -285,8 +285,9 @@ class _Search:
     def _measure(self, sol: Solution, source: str) -> Point:
         self.progress(f"search: build {source}")
         out = Path(tempfile.mkdtemp(prefix="plan-", dir=self.work))
+        rec = getattr(self.opt, "recover", None)     # with recovery on, a candidate is measured recovered
         _, art = build(self.g, self._plan(sol.assignment, None), self.target, self.backend, out, self.calib,
-                       cache=self.cache)
+                       cache=self.cache, recovery=(rec, self.calib) if rec is not None and rec.enabled else None)
         predicted = sol.to_dict()
         predicted.pop("assignment")
         point = self._point(source, art, {}, sol.assignment, predicted=predicted,
