@@ -21,8 +21,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "version", "atomic", "output", "ort_guard", "models", "cache")),
     ("ir", ("ir", "data", "metrics", "ort_session")),
     ("contract", ("contract", "plan", "targets", "versions")),
-    ("numerics", ("quant", "prune", "passes", "analysis", "transform")),
-    ("measure", ("measure", "latency_table", "build_cache", "recover")),
+    # recover (training) sits with the passes: gradient pruning criteria and prune -> recover cycles use it
+    ("numerics", ("quant", "prune", "passes", "analysis", "transform", "recover")),
+    ("measure", ("measure", "latency_table", "build_cache")),
     ("search", ("search",)),
     ("backends", ("backends",)),
     ("pipeline", ("pipeline", "profiling", "report", "config", "gates")),
