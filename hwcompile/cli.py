@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .errors import HwcompileError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="hwcompile: hardware-aware deployment compiler for ONNX models.")
 console = Console()
 err = Console(stderr=True)
@@ -143,12 +143,12 @@ def compile(
     table.add_column("baseline fp32", justify="right")
     table.add_column("compiled", justify="right")
     for row in summary_rows(rep):
-        table.add_row(*row)
+        table.add_row(*(escape(str(c)) for c in row))
     console.print(table)
     for note in rep.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"wrote {result.out_dir}/ ({', '.join(sorted(rep['artifact']['files'].values()))}, plan.json, "
-                  f"report.json, report.html)")
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(escape(f"wrote {result.out_dir}/ ({', '.join(sorted(rep['artifact']['files'].values()))}, plan.json, "
+                         "report.json, report.html)"))
     for g in result.gates:
         console.print(f"gate {g['gate'].replace('_', '-')}: {'passed' if g['passed'] else '[red]FAILED[/]'}: "
                       f"{escape(g['detail'])}")
@@ -161,17 +161,22 @@ def compile(
 def inspect(model: Path, as_json: bool = typer.Option(False, "--json")):
     """Op histogram, parameters, FLOPs, BN count, input/output shapes."""
     from .analysis.stats import model_summary
-    from .ir import load
 
-    summary = _guard(lambda: model_summary(load(model)))
+    def run():
+        g, lifted = _load_lifted(model)
+        return {**model_summary(g), "constant_nodes_lifted": lifted}
+
+    summary = _guard(run)
     if as_json:
         _print_json(summary)
         return
-    console.print(f"[bold]{model}[/]  opset {summary['opset']}, {summary['nodes']} nodes, "
-                  f"{summary['params']:,} parameters, {summary['flops']:,} FLOPs, {summary['batchnorm']} BatchNorm")
+    console.print(f"[bold]{escape(str(model))}[/]  opset {summary['opset']}, {summary['nodes']} nodes, "
+                  f"{summary['params']:,} parameters, {summary['flops']:,} FLOPs, {summary['batchnorm']} BatchNorm"
+                  + (f" ({summary['constant_nodes_lifted']} Constant nodes counted as weights)"
+                     if summary["constant_nodes_lifted"] else ""))
     for kind in ("inputs", "outputs"):
         for v in summary[kind]:
-            console.print(f"  {kind[:-1]} {v['name']}: {v['dtype']} {v['shape']}")
+            console.print(escape(f"  {kind[:-1]} {v['name']}: {v['dtype']} {v['shape']}"))
     t = Table("op", "count")
     for op, n in summary["ops"].items():
         t.add_row(op, str(n))
@@ -183,25 +188,28 @@ def profile(
     model_or_dir: Path = typer.Argument(..., help="An ONNX model, or a folder written by `compile`."),
     target: str = typer.Option("host-cpu", "--target", "-t"),
     repeats: int = typer.Option(50),
+    shape: list[str] = typer.Option([], "--shape", help="Concrete shape for a dynamic input, e.g. x=1,3,48,192."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """End-to-end and per-layer latency on the target, per layer id."""
     from .profiling import profile_path
 
     def run():
+        shapes = _parse_shapes(shape)
         with _progress(not as_json) as step:
-            return profile_path(model_or_dir, target, repeats=repeats, progress=step)
+            return profile_path(model_or_dir, target, repeats=repeats, progress=step, shapes=shapes)
 
     res = _guard(run)
     if as_json:
         _print_json(res)
         return
+    console.print("inputs: " + escape(", ".join(f"{k} {v}" for k, v in res["input_shapes"].items())))
     console.print(f"median {res['latency_ms']:.3f} ms (IQR {res['latency_ms_spread']:.3f} ms, "
                   f"{res['repeats']} runs, {res['threads']} threads)")
     t = Table("layer", "op", "ms", "%")
     total = sum(v["ms"] for v in res["layers"]) or 1.0
     for row in res["layers"]:
-        t.add_row(row["layer"], row["op"], f"{row['ms']:.4f}", f"{100 * row['ms'] / total:.1f}")
+        t.add_row(escape(row["layer"]), row["op"], f"{row['ms']:.4f}", f"{100 * row['ms'] / total:.1f}")
     console.print(t)
 
 
@@ -228,7 +236,8 @@ def targets(as_json: bool = typer.Option(False, "--json")):
         return
     table = Table("target", "backend", "builds here", "why not", "description")
     for r in rows:
-        table.add_row(r["name"], r["backend"], "yes" if r["can_build"] else "no", r["reason"], r["description"])
+        table.add_row(*(escape(str(c)) for c in (r["name"], r["backend"], "yes" if r["can_build"] else "no",
+                                                  r["reason"], r["description"])))
     console.print(table)
 
 
@@ -272,7 +281,7 @@ def debug(
         return
     t = Table("rank", "layer", "op", "output SNR (dB)", "share of noise", title=f"layers ranked by {precision} damage")
     for i, row in enumerate(rep["ranking"], 1):
-        t.add_row(str(i), row["layer"], row["op"], f"{row['snr_db']:.1f}", f"{100 * row['share_of_noise']:.0f}%")
+        t.add_row(str(i), escape(row["layer"]), row["op"], f"{row['snr_db']:.1f}", f"{100 * row['share_of_noise']:.0f}%")
     console.print(t)
     console.print(rep["advice"], highlight=False, markup=False)
 
@@ -282,10 +291,9 @@ def analyze(model: Path, as_json: bool = typer.Option(False, "--json"),
             min_size: int = typer.Option(1024, help="Skip weight tensors with fewer elements.")):
     """Quantize or prune? Per weight tensor: kurtosis, and quantization vs pruning SNR at 8/4/3/2 bits."""
     from .analysis.quant_vs_prune import analyze_model_weights
-    from .ir import load
 
     def run():
-        g = load(model)
+        g, _ = _load_lifted(model)
         return analyze_model_weights(((n, v.const_value.numpy()) for n, v in g.main.initializers.items()
                                       if v.const_value is not None), min_size=min_size)
 
@@ -298,7 +306,7 @@ def analyze(model: Path, as_json: bool = typer.Option(False, "--json"),
         cells = [f"{row['bits'][b]['quant_snr_db']:.1f}/{row['bits'][b]['prune_snr_db']:.1f} "
                  f"{'Q' if row['bits'][b]['better'] == 'quantize' else 'P'}" for b in ("8", "4", "3", "2")]
         k = row["kurtosis"]
-        t.add_row(row["name"], str(row["shape"]), "-" if k is None else f"{k:.1f}", *cells)
+        t.add_row(escape(row["name"]), escape(str(row["shape"])), "-" if k is None else f"{k:.1f}", *cells)
     console.print(t)
 
 
@@ -440,6 +448,15 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
         if not name or any(d <= 0 for d in out[name]):
             raise ConfigError(f"cannot parse {item!r}", where="--shape", hint="use NAME=1,3,224,224")
     return out
+
+
+def _load_lifted(model: Path):
+    """The model with its Constant nodes as initializers (how compile sees its weights), and how many."""
+    from .ir import load
+    from .passes.lift_constants import lift_constants
+
+    g = load(model)
+    return g, lift_constants(g).details["constants_lifted"]
 
 
 def _guard(fn):

@@ -78,6 +78,10 @@ def load_npz(path: str | Path, graph: Graph, *, labels: str | None = None, field
             raise DataError(f"no array named {labels!r} (has {sorted(arrays)})", where=f"--labels")
         label_arr = arrays.pop(labels)
     specs = input_specs(graph)
+    missing = [k for k in specs if k not in arrays]
+    if missing:  # name what the file holds, not what matched
+        raise DataError(f"no data for model input(s) {missing} (the file has {sorted(arrays)})",
+                        where=f"{field} {p.name}")
     inputs = {k: arrays[k] for k in specs if k in arrays}
     ds = Dataset(inputs, label_arr, str(p))
     check_feeds(ds.inputs, graph, field=f"{field} {p.name}", batched=True)

@@ -92,7 +92,8 @@ def evaluate(backend: Backend, artifact: Artifact, target: Target, data: Dataset
 def profile_feeds(graph: Graph, data: Dataset | None,
                   shapes: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """One input for latency measurement: a real sample (batch 1) when there is data, else seeded random
-    data of the given ``shapes`` (dynamic dimensions default to 1)."""
+    data of the given ``shapes``. Without either, a dynamic first (batch) dimension is 1 and any other
+    dynamic dimension is a ConfigError naming the input, the dimension and ``--shape``."""
     if data is not None:
         return as_feeds(next(data.batches(1)), graph)
     rng = np.random.default_rng(0)
@@ -105,6 +106,8 @@ def profile_feeds(graph: Graph, data: Dataset | None,
     for name, (dims, dtype) in specs.items():
         if dims is None and name not in shapes:
             raise DataError(f"input '{name}' has unknown rank; give --shape or --eval/--calib data", where="profile")
+        if name not in shapes:
+            _check_resolvable(name, dims)
         shape = list(shapes.get(name) or [d if isinstance(d, int) and d > 0 else 1 for d in dims])
         if dims is not None and (len(shape) != len(dims) or any(isinstance(d, int) and d >= 0 and d != s
                                                                for d, s in zip(dims, shape))):
@@ -112,6 +115,18 @@ def profile_feeds(graph: Graph, data: Dataset | None,
         feeds[name] = (rng.standard_normal(shape) if np.issubdtype(dtype, np.floating)
                        else np.zeros(shape)).astype(dtype)
     return feeds
+
+
+def _check_resolvable(name: str, dims: list) -> None:
+    known = lambda d: isinstance(d, int) and d > 0  # noqa: E731
+    free = [i for i, d in enumerate(dims) if i > 0 and not known(d)]
+    if free:
+        i = free[0]
+        text = [str(d) if known(d) else (getattr(d, "value", None) or "?") for d in dims]
+        example = ",".join(str(d) if known(d) else ("1" if j == 0 else "N") for j, d in enumerate(dims))
+        raise ConfigError(f"input '{name}' dimension {i} ({text[i]}) of [{', '.join(text)}] is dynamic and no data "
+                          "fixes it", where="--shape",
+                          hint=f"pass --shape {name}={example} with N the size to measure, or --eval/--calib data")
 
 
 @dataclass

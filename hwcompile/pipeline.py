@@ -236,6 +236,7 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
             graph, compiled_graph, artifact, measured, plan, target, backend, tmp, sample, eval_set, reference,
             options, timing, progress)
         compiled, profile = measured.to_dict(), measured.profile
+        compiled["input_shapes"] = {k: list(np.shape(v)) for k, v in sample.items()}  # what was measured
         progress("report")
         report = assemble_report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)

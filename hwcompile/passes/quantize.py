@@ -90,8 +90,9 @@ def quantize_pass(graph: Graph, plan: PrecisionPlan, style: QDQStyle, calib: Dat
                       declined)
 
 
-def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle):
-    """(nodes in the INT8 region, absorbed activations {layer: act node}, tensors to quantize)."""
+def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle, exclude: frozenset = frozenset()):
+    """(nodes in the INT8 region, absorbed activations {layer: act node}, tensors to quantize).
+    Nodes named in ``exclude`` never join the region."""
     region: set[str] = {n.name for n in static}
     absorbed: dict[str, ir.Node] = {}
     if style.activation_dtype == "uint8" and not style.symmetric_activations:
@@ -103,7 +104,7 @@ def plan_static_region(graph: Graph, static: list[ir.Node], style: QDQStyle):
                 absorbed[n.name] = users[0]
     skip = {a.name for a in absorbed.values()}
     for node in graph.main:  # topological: grow the region through integer-capable ops
-        if node.name in region or node.name in skip or node.op_type not in INT8_CAPABLE:
+        if node.name in region or node.name in skip or node.name in exclude or node.op_type not in INT8_CAPABLE:
             continue
         acts = [v for v in node.inputs if v is not None and not is_constant(v)]
         if acts and all(_in_region(v, region, absorbed) for v in acts):
@@ -159,6 +160,7 @@ def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, s
     region, absorbed, tensors = plan_static_region(graph, static, style)
     cal: Calibration = calibrate(graph, calib, [t.name for t in tensors], [n for n in static], plan.quant,
                                  cache=cache)
+    static, region, absorbed, tensors = _keep_float_tensors(graph, static, style, cal, region, absorbed, tensors)
     act_dtype = "int8" if style.symmetric_activations else style.activation_dtype
     symmetric = style.symmetric_activations or act_dtype == "int8" and plan.quant.symmetric_activations
     qparams: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -197,6 +199,32 @@ def _quantize_static(graph: Graph, static: list[ir.Node], plan: PrecisionPlan, s
         dq = _insert_qdq(graph, t, scale, zp, region, all_users=id(t) in layer_outputs)
         if dq is not None and keep_float:
             _private_dq_for_float_layers(graph, dq, region)
+
+
+def _keep_float_tensors(graph: Graph, static, style, cal: Calibration, region, absorbed, tensors):
+    """Re-plan the region so that mask, non-finite and sentinel tensors (``quant.float_guard``) stay
+    float: ops reading or writing one leave the region, layers reading one stay float. Records
+    {tensor: reason} in ``graph.meta['float_tensors']`` for the report."""
+    from ..quant.float_guard import float_tensors
+
+    kept: dict[str, str] = {}
+    exclude: set[str] = set()
+    for _ in range(len(graph.main) + 1):
+        bad = float_tensors(graph, cal.stats, [t.name for t in tensors])
+        if not bad:
+            break
+        kept.update(bad)
+        for t in tensors:
+            if t.name not in bad:
+                continue
+            for n in [t.producer()] + [u.node for u in t.uses()]:
+                if n is not None and n.name in region:
+                    exclude.add(n.name)
+        static = [n for n in static if n.name not in exclude]
+        region, absorbed, tensors = plan_static_region(graph, static, style, frozenset(exclude))
+    if kept:
+        graph.meta.setdefault("float_tensors", {}).update(kept)
+    return static, region, absorbed, tensors
 
 
 #: Float layers onnxruntime would quantize itself when their input comes from a per-tensor DQ.

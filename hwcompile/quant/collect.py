@@ -74,7 +74,7 @@ def collect_stats(graph: Graph, data, tensors: list[str], *, bins: int = 2048, b
     """Streaming statistics for each named tensor (graph inputs included)."""
     inputs = {v.name for v in graph.main.inputs}
     outs = [t for t in tensors if t not in inputs]
-    stats = {t: TensorStats(bins=bins) for t in tensors}
+    stats = {t: TensorStats(bins=bins, name=t) for t in tensors}
 
     def visit(values: Mapping[str, np.ndarray]) -> None:
         for t in tensors:

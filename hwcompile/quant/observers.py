@@ -50,6 +50,7 @@ class TensorStats:
     max: float = -math.inf
     exponent: int | None = None
     hist: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    nonfinite: int = 0  # inf/NaN values seen (left out of every other statistic)
 
     def __post_init__(self) -> None:
         if self.bins < 4 or self.bins & (self.bins - 1):
@@ -88,12 +89,13 @@ class TensorStats:
     def update(self, x: Any) -> "TensorStats":
         """Fold a batch of values (any shape) into the statistics. Returns self."""
         x = np.asarray(x, dtype=np.float64).ravel()
+        finite = np.isfinite(x)
+        if not finite.all():  # counted, not binned: the quantize pass keeps such a tensor float
+            self.nonfinite += int(x.size - finite.sum())
+            x = x[finite]
         if x.size == 0:
             return self
         lo, hi = float(x.min()), float(x.max())
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise DataError("activation contains inf or NaN", where=self.name or "tensor",
-                            hint="check the model and the calibration data")
         amax = max(-lo, hi)
         half = self.bins // 2
         if amax > 0.0:
@@ -111,6 +113,7 @@ class TensorStats:
         if other.bins != self.bins:
             raise ConfigError(f"cannot merge histograms of {self.bins} and {other.bins} bins",
                               where=self.name or "merge", hint="collect both with the same histogram_bins")
+        self.nonfinite += other.nonfinite
         if other.count == 0:
             return self
         other = other.copy()
@@ -135,14 +138,15 @@ class TensorStats:
             self.exponent += 1
 
     def copy(self) -> "TensorStats":
-        return TensorStats(self.bins, self.name, self.count, self.min, self.max, self.exponent, self.hist.copy())
+        return TensorStats(self.bins, self.name, self.count, self.min, self.max, self.exponent, self.hist.copy(),
+                           self.nonfinite)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (bins stored as a list of ints)."""
         return {"format": "hwcompile.tensorstats/1", "bins": self.bins, "name": self.name, "count": self.count,
                 "min": self.min if self.count else None, "max": self.max if self.count else None,
-                "exponent": self.exponent, "hist": [int(v) for v in self.hist]}
+                "exponent": self.exponent, "hist": [int(v) for v in self.hist], "nonfinite": self.nonfinite}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TensorStats":
@@ -154,7 +158,7 @@ class TensorStats:
             st = cls(int(d["bins"]), str(d.get("name", "")), count,
                      math.inf if d["min"] is None else float(d["min"]),
                      -math.inf if d["max"] is None else float(d["max"]),
-                     None if d["exponent"] is None else int(d["exponent"]), hist)
+                     None if d["exponent"] is None else int(d["exponent"]), hist, int(d.get("nonfinite", 0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"bad TensorStats data: {e}", where=str(d.get("name", "stats"))) from None
         if int(hist.sum()) != count or np.any(hist < 0):
@@ -345,6 +349,9 @@ def mse(stats: TensorStats, bits: int = 8, symmetric: bool = False, rounds: int 
 def calibrate_range(stats: TensorStats, method: str, bits: int = 8, symmetric: bool = False,
                     percentile: float = 99.99) -> tuple[float, float]:
     """Clipping range ``(lo, hi)`` (always ``lo <= 0 <= hi``; ``lo == -hi`` when symmetric)."""
+    if stats.nonfinite:
+        raise DataError(f"activation has {stats.nonfinite} inf/NaN value(s) in calibration; it cannot be "
+                        "quantized", where=stats.name or "tensor", hint="keep this tensor in float")
     if method == "minmax":
         return minmax(stats, symmetric)
     if method == "percentile":

@@ -128,8 +128,8 @@ def _rewrite_bias(graph: Graph, node: ir.Node, delta: np.ndarray | None, qp: QPa
     if delta is not None:
         b = b + delta
     b = np.asarray(b, dtype=np.float64)
-    if n_out and b.size == 1:
-        b = np.full(n_out, float(b))
+    if n_out and b.size == 1:  # a scalar (or one-element) bias broadcast to every output channel
+        b = np.full(n_out, b.reshape(-1)[0])
     if style.quantize_bias and x_scale is not None and (node.op_type == "Conv" or b.ndim == 1):
         s = (np.float64(x_scale) * np.asarray(qp.scale, dtype=np.float64)).reshape(-1)
         s = np.broadcast_to(s, b.shape).astype(np.float32)

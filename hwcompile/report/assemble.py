@@ -69,6 +69,10 @@ def build_notes(artifact: Artifact, profile: Profile, graph: Graph) -> list[str]
     if graph.meta.get("int8_embeddings"):
         notes.append("INT8 embedding tables (per-row scales; plan.quant.embeddings = 'float' keeps them float): "
                      + ", ".join(graph.meta["int8_embeddings"]))
+    kept = graph.meta.get("float_tensors") or {}
+    if kept:
+        notes.append(f"{len(kept)} activation(s) kept float under INT8, e.g. "
+                     + "; ".join(f"{k}: {v}" for k, v in list(kept.items())[:3]))
     for key, what in (("dynamic_skipped", "dynamic INT8"), ("int4_skipped", "INT4"), ("prune_skipped", "pruning"),
                       ("channel_prune_skipped", "channel pruning")):
         skipped = graph.meta.get(key) or {}
