@@ -101,7 +101,7 @@ def main() -> None:
             g8 = apply_plan(graph.clone(), PrecisionPlan.uniform("int8"), backend.qdq_style(target), calib)
             lower("tvm_int8", g8, PrecisionPlan.uniform("int8"), target)
             result["notes"].append("tvm_int8 is fake quantization under TVM's LLVM path (relax.quantize/dequantize "
-                                   "in float, constant weights pre-dequantized); only the classifier Gemm runs the integer kernel (kernels/tvm/int8_matmul.py): no speed-up expected")
+                                   "in float, constant weights pre-dequantized); only the classifier Gemm runs the integer kernel (backends/tvm/kernels/): no speed-up expected")
         agree = {}
         log(f"waiting for {args.lock}")
         lock = contextlib.ExitStack()

@@ -1,4 +1,4 @@
-"""The integer dense kernel (kernels/tvm/int8_matmul.py) against the stock paths, on MiniLM's GEMM shapes.
+"""The integer dense kernel (the TVM kernel table, hwcompile/backends/tvm/kernels/) against the stock paths, on MiniLM's GEMM shapes.
 
 One ONNX model per shape (M=128 rows, as one MiniLM sequence of 128 tokens):
 
@@ -101,7 +101,7 @@ def main() -> None:
             for name, model, tgt in (("tvm_fp32", fp32, target), ("tvm_int8_stock", int8, stock),
                                      ("tvm_int8_kernel", int8, target)):
                 art = backend.lower(from_proto(model), PrecisionPlan.uniform("int8"), tgt, Path(tmp) / key / name)
-                kernel_info[name] = art.info["tuning"]["int8_kernels"]
+                kernel_info[name] = art.info["tuning"]["kernels"]
                 s = open_session(art.path("engine"), TVMSettings.from_target(tgt))
                 tensors = s.tensors(feeds, ["x"])
                 runs[name] = (lambda vm, t: (lambda: vm["main"](*t)))(s.vm, tensors)

@@ -230,8 +230,9 @@ def test_tuning_crash_keeps_saved_records(env, tmp_path, monkeypatch):
     monkeypatch.setattr(tune_mod.subprocess, "run",
                         lambda cmd, **kw: real_run([sys.executable, "-c", crash], **kw))
     with pytest.raises(BackendUnavailable) as e:
-        tune_mod.tune_in_child(tmp_path / "m.onnx", {}, TVMSettings(tune_trials=4), db)
+        tune_mod.tune_in_child(tmp_path / "m.onnx", {}, TVMSettings(tune_trials=4), db, tmp_path / "tvm.log")
     assert "SIGSEGV" in e.value.message and "keeps 2 records (1 from this run)" in e.value.message
+    assert str(tmp_path / "tvm.log") in e.value.message
     assert e.value.where == "backend_settings.tune_trials"
     assert (db / "database_tuning_record.json").read_text().count("\n") == 2
 
@@ -253,3 +254,69 @@ def test_tuning_database_persists_and_is_reused(env):
     assert info2["database"] == db and info2["records"] == info["records"] and info2["applied"]
     feeds = _eval_feeds(env, 3)
     assert_close(_ort(art2.path("model")).run(None, feeds), env["backend"].load(art2, again)(feeds), rel=1e-4)
+
+
+def _shape_reshape_model() -> onnx.ModelProto:
+    """x[N,8,4,4] -> GlobalAveragePool -> Reshape to Concat(Cast(Slice(Cast(Shape)))), [-1]) -> Relu: how
+    exported classifiers (RapidOCR's direction classifier) flatten, which TVM's frontend cannot follow."""
+    n = helper.make_node
+    t = numpy_helper.from_array
+    nodes = [n("GlobalAveragePool", ["x"], ["p"], name="pool"), n("Shape", ["p"], ["s"], name="shape"),
+             n("Cast", ["s"], ["s32"], to=TensorProto.INT32, name="cast_a"),
+             n("Slice", ["s32", "zero", "one", "zero"], ["n32"], name="slice"),
+             n("Cast", ["n32"], ["n64"], to=TensorProto.INT64, name="cast_b"),
+             n("Concat", ["n64", "minus1"], ["shp"], axis=0, name="concat"),
+             n("Reshape", ["p", "shp"], ["r"], name="flatten"), n("Relu", ["r"], ["y"], name="relu")]
+    inits = [t(np.array([0], np.int64), "zero"), t(np.array([1], np.int64), "one"), t(np.array([-1], np.int64), "minus1")]
+    g = helper.make_graph(nodes, "flatten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shape_computation_folds_for_static_shapes(env, tmp_path):
+    model = _shape_reshape_model()
+    plan = PrecisionPlan.uniform("fp32", input_shapes={"x": [2, 8, 4, 4]})
+    _, art = build(from_proto(model), plan, env["target"], env["backend"], tmp_path / "static", None)
+    assert art.info["shape_nodes_folded"] == 5  # Shape, Cast, Slice, Cast, Concat
+    lowered = onnx.load(str(art.path("model")))
+    assert not {"Shape", "Cast", "Slice", "Concat"} & {n.op_type for n in lowered.graph.node}
+    x = np.random.default_rng(0).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert_close(ref, env["backend"].load(art, env["target"])({"x": x}), rel=1e-5)
+
+
+def test_frontend_failure_names_node_and_op_and_tvm_output_goes_to_the_log(env, tmp_path, capfd):
+    """With a symbolic batch the shape cannot fold: refused naming the Reshape node, and TVM's own
+    messages (the frontend prints the op it failed on) stay off the terminal."""
+    with pytest.raises(UnsupportedError) as e:
+        build(from_proto(_shape_reshape_model()), PrecisionPlan.uniform("fp32"), env["target"], env["backend"],
+              tmp_path / "dynamic", None)
+    assert e.value.where == "node 'flatten' (Reshape)", e.value.render()
+    assert "--shape" in (e.value.hint or "") and "x" in e.value.hint
+    out, err = capfd.readouterr()
+    assert "Error converting operator" not in out + err and "Warning" not in out + err
+
+
+def test_build_writes_tvm_log_and_names_kernels(env, built):
+    art = built["int8"]
+    assert art.files["log"] == "tvm.log" and art.path("log").is_file()
+    versions = env["backend"].versions()
+    from hwcompile.backends.tvm import kernels
+
+    assert all(k.name in versions["tvm_kernels"] for k in kernels.TABLE)
+    used = art.info["kernels_used"]
+    assert set(used) <= {k.name for k in kernels.TABLE}
+    assert used == sorted({r["kernel"] for r in art.info["tuning"]["kernels"].values() if r.get("used")})
+
+
+def test_rapidocr_direction_classifier_builds_with_static_shape(env, tmp_path):
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
+    from pathlib import Path
+
+    path = Path(rapidocr.__file__).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    model = onnx.load(str(path))
+    plan = PrecisionPlan.uniform("fp32", input_shapes={"x": [1, 3, 48, 192]})
+    _, art = build(from_proto(model), plan, env["target"], env["backend"], tmp_path / "cls", None)
+    x = np.random.default_rng(0).standard_normal((1, 3, 48, 192)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert_close(ref, env["backend"].load(art, env["target"])({"x": x}), rel=1e-4)

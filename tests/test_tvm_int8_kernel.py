@@ -1,7 +1,9 @@
-"""The integer dense kernel (kernels/tvm/int8_matmul.py) and its Relax rewrite (backends/tvm/int8_kernels.py):
-exact int32 results against numpy on tile-edge shapes (odd K, N not a multiple of the tile, row counts
-needing 4/2/1-row tiles, pairs that would saturate int16), and a Q/DQ model compiled for x86-tvm whose
-output matches onnxruntime's while tvm.json names the layers that used the kernel."""
+"""The integer dense kernels of the TVM kernel table (backends/tvm/kernels/) and their Relax rewrite:
+each ISA variant exact against numpy's integer reference on tile-edge shapes (odd K, N not a multiple of
+the tile, row counts needing 4/2/1-row tiles, pairs that would saturate int16), run where this CPU has
+the instruction and otherwise checked for the instruction in the generated assembly; the table's
+choice by CPU features; and a Q/DQ model compiled for x86-tvm whose output matches onnxruntime's while
+tvm.json names the kernel and the layers that used it."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,41 +21,76 @@ except Exception as e:
     pytest.skip(f"apache-tvm is not importable: {type(e).__name__}: {e}", allow_module_level=True)
 
 from hwcompile.backends.base import get_backend
-from hwcompile.backends.tvm.build import tvm_target, TVMSettings
-from hwcompile.backends.tvm.int8_kernels import kernel_module
+from hwcompile.backends.tvm import kernels
+from hwcompile.backends.tvm.build import TVMSettings
+from hwcompile.backends.tvm.kernels import int8_dense
 from hwcompile.ir import from_proto
 from hwcompile.contract import PrecisionPlan
 from hwcompile.targets import load_target
 
-km = kernel_module()
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-if km is None or not km.supported(HOST):
-    pytest.skip("the int8 kernel needs the repository's kernels/ folder and an AVX2 x86 CPU", allow_module_level=True)
+#: a target per kernel where LLVM can generate its instruction (the host when it has it)
+CODEGEN = {"int8_dense_avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+           "int8_dense_vnni": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server"},
+           "int8_dense_sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}}
+ENTRIES = {k.name: k for k in kernels.TABLE if k.pattern == "int8_dense"}
+RUNS_HERE = {name for name, k in ENTRIES.items() if k.check(HOST) is None}
+SHAPES = [(8, 64, 48, "uint8"), (7, 33, 20, "int8"), (6, 130, 100, "uint8"), (128, 96, 40, "uint8"), (1, 17, 3, "int8")]
 
 
-def _run_kernel(x: np.ndarray, zx: int, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _run_kernel(isa, x: np.ndarray, zx: int, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     m, k = x.shape
     n = w.shape[1]
-    mb = next(b for b in (km.MB, 2, 1) if m % b == 0)
-    lib = tvm.compile(tvm.IRModule({"main": km.int8_matmul_func(k, n, str(x.dtype), mb)}), target=HOST)
+    mb = next(b for b in (int8_dense.MB, 2, 1) if m % b == 0)
+    lib = tvm.compile(tvm.IRModule({"main": int8_dense.int8_dense_func(isa, k, n, str(x.dtype), mb)}), target=HOST)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev) for a in (x.reshape(m // mb, mb, k), np.array([zx], np.int32),
-                                                  km.pack_weight(w), scale)]
+                                                  int8_dense.pack_weight(isa, w), int8_dense.column_sums(w), scale)]
     out = tvm.runtime.tensor(np.zeros((m // mb, mb, n), np.float32), dev)
     lib["main"](*args, out)
     return out.numpy().reshape(m, n)
 
 
-@pytest.mark.parametrize("m,k,n,dtype", [(8, 64, 48, "uint8"), (7, 33, 20, "int8"), (6, 130, 100, "uint8"),
-                                         (128, 96, 40, "uint8"), (1, 17, 3, "int8")])
-def test_kernel_is_exact(m, k, n, dtype):
+def _case(m, k, n, dtype):
     rng = np.random.default_rng(m * 1000 + k)
     info = np.iinfo(dtype)
     x = rng.integers(info.min, info.max + 1, (m, k)).astype(dtype)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
     zx = int(rng.integers(info.min, info.max + 1))
-    scale = rng.uniform(1e-4, 1e-2, n).astype(np.float32)
-    np.testing.assert_array_equal(_run_kernel(x, zx, w, scale), km.reference(x, zx, w, scale))
+    return x, zx, w, rng.uniform(1e-4, 1e-2, n).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+@pytest.mark.parametrize("m,k,n,dtype", SHAPES)
+def test_kernel_is_exact(name, m, k, n, dtype):
+    if name not in RUNS_HERE:
+        pytest.skip(f"{name} cannot run on this CPU ({ENTRIES[name].check(HOST)}); "
+                    "test_kernel_emits_its_instruction checks its code")
+    x, zx, w, scale = _case(m, k, n, dtype)
+    np.testing.assert_array_equal(_run_kernel(ENTRIES[name].kernel, x, zx, w, scale), int8_dense.reference(x, zx, w, scale))
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_kernel_emits_its_instruction(name):
+    """On a target whose CPU has the instruction (cross-compiled when not this one), the assembly uses it."""
+    entry, target = ENTRIES[name], tvm.target.Target(CODEGEN[name])
+    assert entry.check(target) is None
+    lib = tvm.compile(tvm.IRModule({"main": int8_dense.int8_dense_func(entry.kernel, 130, 40, "uint8", 4)}), target=target)
+    assert entry.kernel.instruction in lib.mod.inspect_source("s")
+
+
+@pytest.mark.parametrize("spec,want", [
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server"}, "int8_dense_vnni"),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, "int8_dense_avx2"),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sandybridge"}, None),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}, "int8_dense_sdot"),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, None),  # Armv8.0: no dot product
+])
+def test_table_chooses_by_cpu_features(spec, want):
+    kernel, passed = kernels.choose("int8_dense", tvm.target.Target(spec))
+    assert (kernel.name if kernel else None) == want
+    if want is None:
+        assert set(passed) == set(ENTRIES) and all(passed.values())
 
 
 def test_kernel_does_not_saturate_int16_pairs():
@@ -63,9 +100,13 @@ def test_kernel_does_not_saturate_int16_pairs():
     w = np.full((k, n), 127, np.int8)
     w[:, 1] = -128
     scale = np.ones(n, np.float32)
-    got = _run_kernel(x, 0, w, scale)
-    assert got[0, 0] == 255 * 127 * k and got[0, 1] == -255 * 128 * k
-    np.testing.assert_array_equal(got, km.reference(x, 0, w, scale))
+    for name in sorted(RUNS_HERE):
+        got = _run_kernel(ENTRIES[name].kernel, x, 0, w, scale)
+        assert got[0, 0] == 255 * 127 * k and got[0, 1] == -255 * 128 * k, name
+        np.testing.assert_array_equal(got, int8_dense.reference(x, 0, w, scale))
+
+
+needs_kernel = pytest.mark.skipif(not RUNS_HERE, reason="no integer dense kernel runs on this CPU")
 
 
 def _qdq_model(w_zero_point: int = 0, seed: int = 0) -> onnx.ModelProto:
@@ -114,13 +155,17 @@ def _ort_fake_quant(model, feeds):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+@needs_kernel
 def test_qdq_model_uses_kernel_and_matches_onnxruntime(target, tmp_path):
     model = _qdq_model()
     art, run = _build(model, target, tmp_path / "k")
-    used = art.info["tuning"]["int8_kernels"]["used"]
+    chosen, _ = kernels.choose("int8_dense", HOST)
+    report = art.info["tuning"]["kernels"]["int8_dense"]
+    assert report["kernel"] == chosen.name and art.info["kernels_used"] == [chosen.name]
+    used = report["used"]
     assert [u["matmul"] for u in used] == [0, 1] and [u["trans_b"] for u in used] == [False, True]
     assert [(u["k"], u["n"]) for u in used] == [(64, 48), (48, 20)]
-    assert "int8_matmul" in (art.directory / "model.so").read_bytes().decode("latin-1")  # the kernel is linked in
+    assert chosen.name in (art.directory / "model.so").read_bytes().decode("latin-1")  # the kernel is linked in
     x = np.random.default_rng(1).standard_normal((5, 16, 64)).astype(np.float32) * 2  # symbolic batch
     got, ref = run({"x": x})[0], _ort_fake_quant(model, {"x": x})
     step = 0.1  # the output's quantization step (sy)
@@ -128,23 +173,26 @@ def test_qdq_model_uses_kernel_and_matches_onnxruntime(target, tmp_path):
     assert np.mean(got != ref) < 0.01  # float rounding flips a rounding tie now and then, not more
     # the stock path gives the same answer
     art0, run0 = _build(model, target, tmp_path / "stock", int8_kernels=False)
-    assert art0.info["tuning"]["int8_kernels"] == {"skipped": "backend_settings.int8_kernels = false"}
+    assert art0.info["tuning"]["kernels"] == {"skipped": "backend_settings.int8_kernels = false"}
+    assert art0.info["kernels_used"] == []
     assert float(np.max(np.abs(run0({"x": x})[0] - got))) <= step * 1.001
 
 
+@needs_kernel
 def test_profile_maps_kernel_to_layers(target, tmp_path):
     art, _ = _build(_qdq_model(), target, tmp_path)
     feeds = {"x": np.random.default_rng(2).standard_normal((1, 16, 64)).astype(np.float32)}
     prof = get_backend("tvm").profile(art, target, feeds, repeats=3, warmup=1)
     assert set(prof.layers_ms) == {"mm", "gemm"}, prof.info.get("per_layer")
-    assert {k["kernel"] for k in prof.info["kernels"] if k["layer"]} == {"int8_matmul_k64_n48_u8_mb4",
-                                                                        "int8_matmul_k48_n20_u8_mb1"}
+    name = kernels.choose("int8_dense", HOST)[0].name
+    assert {k["kernel"] for k in prof.info["kernels"] if k["layer"]} == {f"{name}_k64_n48_u8_mb4", f"{name}_k48_n20_u8_mb1"}
 
 
+@needs_kernel
 def test_asymmetric_weights_are_declined_and_still_correct(target, tmp_path):
     model = _qdq_model(w_zero_point=3)
     art, run = _build(model, target, tmp_path)
-    report = art.info["tuning"]["int8_kernels"]
+    report = art.info["tuning"]["kernels"]["int8_dense"]
     assert [u["matmul"] for u in report["used"]] == [1]
     assert report["declined"] == [{"matmul": 0, "reason": "weight zero point is not 0 (asymmetric weights)"}]
     x = np.random.default_rng(3).standard_normal((2, 16, 64)).astype(np.float32)

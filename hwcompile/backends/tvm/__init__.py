@@ -2,14 +2,18 @@
 
 Lowering writes ``model.so`` (the Relax VM executable with its kernels and constant weights,
 linked by the target's cross compiler when it has one), ``model.onnx`` (the graph that was
-lowered, for reference) and ``tvm.json`` (target, tuning database, versions, the layer order
-used to map kernel times). Q/DQ pass through: the Relax ONNX frontend converts per-tensor and
+lowered, for reference: shape computations on static shapes folded to constants, ``shapes.py``),
+``tvm.json`` (target, tuning database, versions, the layer order used to map kernel times) and
+``tvm.log`` (everything TVM printed or logged while building; nothing of it reaches the terminal).
+A node the Relax frontend cannot convert is refused naming the node and its op. Q/DQ pass through: the Relax ONNX frontend converts per-tensor and
 per-channel QuantizeLinear/DequantizeLinear to ``relax.quantize``/``dequantize``, which LLVM
-runs as float fake-quantization (FoldConstant pre-dequantizes constant weights), except for
-MatMul/Gemm layers with symmetric INT8 weights on AVX2 x86: those are rewritten to the integer
-kernel in ``kernels/tvm/int8_matmul.py`` (exact int32 accumulation; ``int8_kernels = false``
-turns it off; ``tvm.json`` lists the layers that used it and those declined, with the reason).
-Convolutions stay fake-quantized: INT8 Conv here is an accuracy emulation. Block-wise (INT4) Q/DQ and contrib ops are
+runs as float fake-quantization (FoldConstant pre-dequantizes constant weights), except where a
+kernel of the backend's kernel table (``kernels/``: pattern, check, kernel) serves the layer: INT8
+MatMul/Gemm with symmetric weights run an exact integer kernel chosen by the target's CPU features
+(AVX-512 VNNI ``vpdpbusd``, AVX2 ``vpmaddwd``, Arm ``sdot``; ``int8_kernels = false`` turns them
+off). ``tvm.json`` and the report list, per pattern, the kernel and the layers that used it and
+those declined, with the reason; ``versions()`` names the kernel table and its source hash.
+Block-wise (INT4) Q/DQ and contrib ops are
 refused naming the node. Dynamic INT8 (DynamicQuantizeLinear -> MatMulInteger) runs in exact
 int32 arithmetic, so INT8 GEMM weights stay signed (no u8*s8 int16 saturation as in onnxruntime's
 AVX2 kernels: there, with int8 weights, onnxruntime was the one off by ~12% when checked).
@@ -32,9 +36,12 @@ from ...ir import SERVES, Graph, save, to_proto
 from ...atomic import write_text_atomic
 from ...contract import Artifact, Backend, Capabilities, Feeds, PrecisionPlan, Profile, QDQStyle, Runner
 from ...targets import Target
+from . import kernels
 from .build import (HEAD_OPS, TVMSettings, batch_one, check_importable, compile_relax, export, import_tvm, to_relax,
                     tuning_dir, tvm_target)
+from .logs import LOG_NAME, to_log
 from .run import default_threads, layer_times, open_session, time_vm
+from .shapes import fold_shapes
 from .tune import tune_in_child
 
 __all__ = ["TVMBackend", "TVMSettings"]
@@ -82,7 +89,7 @@ class TVMBackend(Backend):
         except BackendUnavailable:
             return {"tvm": "unavailable"}
         llvm = tvm.target.codegen.llvm_version_major() if hasattr(tvm.target, "codegen") else "?"
-        return {"tvm": str(tvm.__version__), "llvm": str(llvm)}
+        return {"tvm": str(tvm.__version__), "llvm": str(llvm), "tvm_kernels": kernels.identity()}
 
     def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
         import_tvm()
@@ -93,21 +100,25 @@ class TVMBackend(Backend):
         shapes = {k: list(v) for k, v in plan.input_shapes.items()}
         if settings.tune_trials > 0:  # MetaSchedule tunes static shapes: a dynamic batch becomes 1
             shapes = batch_one(proto, shapes)
-        mod = to_relax(proto, shapes, static=settings.tune_trials > 0)
-        db_dir = tuning_dir(target, self.versions())
-        save(proto, out_dir / _ONNX)
-        tune = lambda: tune_in_child(out_dir / _ONNX, shapes, settings, db_dir)  # noqa: E731
-        executable, tuning = compile_relax(mod, settings, db_dir, tune)
-        export(executable, settings, out_dir / _LIBRARY)
+        log = out_dir / LOG_NAME
+        with to_log(log):
+            proto, folded = fold_shapes(proto, shapes)
+            mod = to_relax(proto, shapes, static=settings.tune_trials > 0)
+            db_dir = tuning_dir(target, self.versions())
+            save(proto, out_dir / _ONNX)
+            tune = lambda: tune_in_child(out_dir / _ONNX, shapes, settings, db_dir, log)  # noqa: E731
+            executable, tuning = compile_relax(mod, settings, db_dir, tune)
+            export(executable, settings, out_dir / _LIBRARY)
         inits = {t.name for t in proto.graph.initializer}
         info = {
             "target": json.loads(str(tvm_target(settings))), "cross": settings.is_cross, "cc": settings.cc,
             "inputs": [i.name for i in proto.graph.input if i.name not in inits],
-            "input_shapes": shapes, "tuning": tuning, "heads": _heads(proto), "versions": self.versions(),
+            "input_shapes": shapes, "shape_nodes_folded": len(folded), "tuning": tuning, "heads": _heads(proto),
+            "versions": self.versions(), "kernels_used": _kernels_used(tuning.get("kernels", {})),
         }
         write_text_atomic(out_dir / _INFO, json.dumps(info, indent=2) + "\n")
         return Artifact(directory=out_dir, backend=self.name, target=target.name,
-                        files={"engine": _LIBRARY, "model": _ONNX, "info": _INFO}, info=info)
+                        files={"engine": _LIBRARY, "model": _ONNX, "info": _INFO, "log": LOG_NAME}, info=info)
 
     def load(self, artifact: Artifact, target: Target) -> Runner:
         info = _info(artifact)
@@ -146,6 +157,11 @@ def _heads(proto) -> list[list[str]]:
             props = {p.key: p.value for p in node.metadata_props}
             out.append([cls, props.get(SERVES, node.name)])
     return out
+
+
+def _kernels_used(report: dict) -> list[str]:
+    """Names of the table's kernels that at least one layer of this build runs."""
+    return sorted({r["kernel"] for r in report.values() if isinstance(r, dict) and r.get("used")})
 
 
 def _info(artifact: Artifact) -> dict:

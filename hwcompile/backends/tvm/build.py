@@ -1,7 +1,7 @@
 """Lowering to TVM: ONNX -> Relax -> (optional MetaSchedule tuning) -> LLVM -> shared library.
 
 Steps: ``relax.frontend.onnx.from_onnx`` with the weights as constants (``keep_params_in_input=
-False``), INT8 dense layers to the integer kernel (``int8_kernels.py``), ``DecomposeOpsForInference``, the ``zero`` pipeline (legalize every op to TIR, fold
+False``), the kernel table's integer kernels (``kernels/``), ``DecomposeOpsForInference``, the ``zero`` pipeline (legalize every op to TIR, fold
 constants, fuse elementwise tails into their producer: Conv+Add+Relu is one kernel), optional
 tuning, then ``tvm.compile`` for the target dict and ``export_library`` (with the target's cross
 compiler when it has one). Dynamic input dimensions stay symbolic (Relax compiles shape-generic
@@ -15,6 +15,7 @@ reuse it: the database is applied whenever it exists, with or without new trials
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import platform
 import shutil
@@ -50,7 +51,7 @@ class TVMSettings:
     rpc_host: str | None = None           # "host:port" of an RPC tracker (with rpc_key) or an RPC server
     rpc_key: str | None = None            # device key registered at the tracker
     rpc_timeout_s: int = 120
-    int8_kernels: bool = True             # INT8 Q/DQ dense layers call kernels/tvm/int8_matmul (x86 AVX2; see int8_kernels.py)
+    int8_kernels: bool = True             # layers matching a kernel-table pattern run its kernel (see kernels/)
 
     @classmethod
     def from_target(cls, target: Target) -> "TVMSettings":
@@ -191,7 +192,28 @@ def to_relax(proto: onnx.ModelProto, input_shapes: dict[str, list[int]], *, stat
     try:  # inputs not in ``shapes`` keep the graph's shape (dim_param names become symbolic dims)
         return from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as e:
-        raise UnsupportedError(f"TVM's ONNX frontend failed: {type(e).__name__}: {e}", where="relax.frontend.onnx") from None
+        node = _failing_node(e)
+        what = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    # raised outside the handler, so the frontend's frames (its BlockBuilder) are freed now, while TVM's
+    # output still goes to the log, instead of living on in the error's __context__
+    gc.collect()
+    where = f"node '{node.name}' ({node.op_type})" if node is not None else "relax.frontend.onnx"
+    dynamic = [vi.name for vi in proto.graph.input if vi.name not in init_names and vi.name not in shapes
+               and any(not d.HasField("dim_value") or d.dim_value < 0 for d in vi.type.tensor_type.shape.dim)]
+    hint = (f"TVM's frontend handles fewer ops on symbolic shapes; give static shapes with --shape "
+            f"({', '.join(dynamic)})" if dynamic else "this op or its attributes are not supported by TVM 0.27's frontend")
+    raise UnsupportedError(f"TVM's ONNX frontend cannot convert it: {what}", where=where, hint=hint)
+
+
+def _failing_node(error: Exception):
+    """The ONNX node the Relax frontend was converting when ``error`` was raised (its loop's ``node``), or None."""
+    tb, node = error.__traceback__, None
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if "onnx_frontend" in tb.tb_frame.f_code.co_filename and isinstance(local.get("node"), onnx.NodeProto):
+            node = local["node"]
+        tb = tb.tb_next
+    return node
 
 
 def tuning_dir(target: Target, versions: dict[str, str]) -> Path:
@@ -204,16 +226,17 @@ def tuning_dir(target: Target, versions: dict[str, str]) -> Path:
 
 
 def prepare_relax(mod, target, *, int8_kernels: bool = False, report: dict | None = None):
-    """Integer kernels for INT8 dense layers (``int8_kernels.py``, when asked and the target has them), then
-    decompose inference ops, canonicalize, and run the ``zero`` pipeline (legalize, fold, fuse).
-    ``report`` receives which layers use the integer kernel. Off by default: MetaSchedule cannot take the
-    hand-scheduled kernels as tasks (serializing them fails), so the tuning child prepares the stock module."""
+    """The kernel table's kernels (``kernels/``, when asked, for the patterns and CPU features they
+    serve), then decompose inference ops, canonicalize, and run the ``zero`` pipeline (legalize, fold,
+    fuse). ``report`` receives, per pattern, which layers use which kernel. Off by default: MetaSchedule
+    cannot take the hand-scheduled kernels as tasks (serializing them fails), so the tuning child
+    prepares the stock module."""
     from tvm import relax
 
-    from .int8_kernels import use_int8_kernels
+    from . import kernels
 
     if int8_kernels:
-        mod, used = use_int8_kernels(mod, target)
+        mod, used = kernels.apply(mod, target)
         if report is not None:
             report.update(used)
     with target:
@@ -236,7 +259,7 @@ def compile_relax(mod, settings: TVMSettings, db_dir: Path, tune: Callable[[], d
     target = tvm_target(settings, for_tuning=trials > 0)
     kernels: dict[str, Any] = {} if settings.int8_kernels else {"skipped": "backend_settings.int8_kernels = false"}
     mod = prepare_relax(mod, target, int8_kernels=settings.int8_kernels, report=kernels)
-    info: dict[str, Any] = {"trials": trials, "database": str(db_dir), "int8_kernels": kernels}
+    info: dict[str, Any] = {"trials": trials, "database": str(db_dir), "kernels": kernels}
     if trials > 0 and tune is not None:
         info.update(tune())
     info["records"] = count_records(db_dir)

@@ -26,22 +26,29 @@ __all__ = ["tune_in_child"]
 
 
 def tune_in_child(onnx_path: Path, input_shapes: dict[str, list[int]], settings: TVMSettings,
-                  db_dir: Path) -> dict[str, Any]:
-    """Tune the graph in ``onnx_path`` into ``db_dir``; the child's summary (trials, cost model, new records)."""
+                  db_dir: Path, log: Path) -> dict[str, Any]:
+    """Tune the graph in ``onnx_path`` into ``db_dir``, the child's output appended to ``log``; the child's
+    summary (trials, cost model, new records)."""
     db_dir.mkdir(parents=True, exist_ok=True)
     before = count_records(db_dir)
     job = {"onnx": str(onnx_path), "shapes": input_shapes, "settings": dataclasses.asdict(settings),
            "db_dir": str(db_dir)}
-    proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(job)], capture_output=True, text=True)
+    start = log.stat().st_size if log.exists() else 0
+    with open(log, "a") as err:
+        proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(job)], stdout=subprocess.PIPE,
+                              stderr=err, text=True)
     saved = count_records(db_dir)
     if proc.returncode != 0:
         how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                else f"exit code {proc.returncode}")
-        last = next((ln for ln in reversed(proc.stderr.strip().splitlines())
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            tail = f.read()
+        last = next((ln for ln in reversed(tail.strip().splitlines())
                      if ln.strip() and not ln.startswith("  File")), "")
         raise BackendUnavailable(
             f"MetaSchedule tuning {how}: {last[-300:]}; the database keeps {saved} records "
-            f"({saved - before} from this run) in {db_dir}", where="backend_settings.tune_trials",
+            f"({saved - before} from this run) in {db_dir}; TVM's output is in {log}", where="backend_settings.tune_trials",
             hint="rebuild with tune_trials = 0 to apply the saved records; if it was SIGSEGV, "
                  "pip install 'apache-tvm-ffi==0.1.14.post0' (0.1.15.post2 crashes MetaSchedule in tvm 0.27.0.post1)")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

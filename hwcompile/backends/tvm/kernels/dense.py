@@ -1,10 +1,9 @@
-"""Integer GEMM for Q/DQ dense layers: ``matmul(DQ(x_q), DQ(W_int8))`` -> ``call_tir`` to an int8 kernel.
+"""The ``int8_dense`` pattern: ``matmul(DQ(x_q), DQ(W_int8))`` -> ``call_tir`` to an integer dense kernel.
 
 Preserves the outputs up to float rounding: the kernel computes ``sum_k (x_q - zx) * w_q`` exactly in
 int32 and multiplies by ``scale_x * scale_w[n]`` once, where the stock lowering multiplies
-dequantized floats (``(x_q - zx) * scale_x`` times ``w_q * scale_w[n]``) and sums them in float32;
-the two differ by float rounding only (~1e-7 relative), which a following QuantizeLinear turns into
-at most one quantization step on rare ties.
+dequantized floats and sums them in float32; the two differ by float rounding only (~1e-7
+relative), which a following QuantizeLinear turns into at most one quantization step on rare ties.
 
 Runs on the Relax module straight from the ONNX frontend, before anything is legalized or folded,
 where an INT8 dense layer of our Q/DQ plans reads::
@@ -13,45 +12,25 @@ where an INT8 dense layer of our Q/DQ plans reads::
     wd = R.dequantize(W, sw, zw, axis=1)       # W int8 constant [K, N], sw [N] or scalar, zw == 0
     y  = R.matmul(xd, wd)                      # Gemm transB: matmul(xd, permute_dims(DQ(W[N, K], axis=0)))
 
-and becomes ``reshape(call_tir(int8_matmul, [reshape(x_q, [M/mb, mb, K]), zx, pack(W), sx*sw]), [..., N])``.
-Anything else is left on the stock path, and a matched layer that does not qualify is listed with
-the reason (non-zero weight zero point, per-channel activation scale, non-constant weight, ...).
-The kernel itself (a scheduled TVMScript PrimFunc using AVX2 ``vpmaddwd``) lives in the
-repository's ``kernels/tvm/int8_matmul.py`` and is loaded from there by path; x86 targets without
-AVX2, other targets, or an installation without that folder keep the stock lowering.
+and becomes ``reshape(call_tir(kernel, [reshape(x_q, [M/mb, mb, K]), zx, pack(W), colsum(W), sx*sw]), [..., N])``
+with the kernel that ``kernels.choose`` picked for the target (``int8_dense.py``). Anything else stays
+on the stock path, and a matched layer that does not qualify is listed with the reason (non-zero
+weight zero point, per-channel activation scale, non-constant weight, ...).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from functools import reduce
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["use_int8_kernels", "kernel_module", "KERNEL_SOURCE"]
+from . import int8_dense
 
-#: Where the kernel's TVMScript source lives (the repository's kernels/ folder).
-KERNEL_SOURCE = Path(__file__).resolve().parents[3] / "kernels" / "tvm" / "int8_matmul.py"
-
-
-def kernel_module():
-    """The ``kernels/tvm/int8_matmul.py`` module, or None when this installation has no kernels/ folder."""
-    name = "hwcompile_kernels_tvm_int8_matmul"
-    if name in sys.modules:
-        return sys.modules[name]
-    if not KERNEL_SOURCE.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(name, KERNEL_SOURCE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["use_int8_dense"]
 
 
-def use_int8_kernels(mod, target) -> tuple[Any, dict[str, Any]]:
-    """(module, report): every qualifying INT8 dense layer of ``main`` calls the integer kernel.
+def use_int8_dense(mod, kernel) -> tuple[Any, dict[str, Any]]:
+    """(module, report): every qualifying INT8 dense layer of ``main`` calls ``kernel`` (a ``kernels.Kernel``).
 
     ``report["used"]`` lists the rewritten layers as ``{"matmul": i, "k", "n", "x_dtype", "rows_per_tile"}``,
     ``i`` being the layer's position among ``main``'s matmuls (= among the graph's MatMul/Gemm nodes,
@@ -59,13 +38,8 @@ def use_int8_kernels(mod, target) -> tuple[Any, dict[str, Any]]:
     """
     from tvm import relax
 
-    km = kernel_module()
-    if km is None:
-        return mod, {"used": [], "declined": [], "skipped": f"kernel source {KERNEL_SOURCE} not found"}
-    if not km.supported(target):
-        return mod, {"used": [], "declined": [], "skipped": f"target {target} is not x86 with AVX2"}
     bb = relax.BlockBuilder(mod)  # mints the kernels' GlobalVars (with their function types)
-    rewriter = _Rewriter(km, mod["main"], bb)
+    rewriter = _Rewriter(kernel, mod["main"], bb)
     main = relax.dpl.rewrite_call(rewriter.pattern, rewriter, mod["main"])
     if not rewriter.used:
         return mod, rewriter.report()
@@ -78,10 +52,10 @@ def use_int8_kernels(mod, target) -> tuple[Any, dict[str, Any]]:
 class _Rewriter:
     """The pattern, and the callback deciding per match (kernels shared by layers of one shape)."""
 
-    def __init__(self, km, main, bb):
+    def __init__(self, kernel, main, bb):
         from tvm.relax.dpl import is_const, is_op, wildcard
 
-        self.km, self.bb = km, bb
+        self.kernel, self.isa, self.bb = kernel, kernel.kernel, bb
         self.x_q, self.sx, self.zx = wildcard(), is_const(), is_const()
         self.w, self.sw, self.zw = is_const(), is_const(), is_const()
         self.wd = is_op("relax.dequantize")(self.w, self.sw, self.zw)
@@ -94,7 +68,7 @@ class _Rewriter:
         self.declined: list[dict] = []
 
     def report(self) -> dict[str, Any]:
-        return {"kernel": "int8_matmul (kernels/tvm/int8_matmul.py, AVX2 vpmaddwd, exact int32)",
+        return {"kernel": self.kernel.name, "instruction": self.isa.instruction,
                 "matmuls": len(self.matmuls), "used": self.used, "declined": self.declined}
 
     def __call__(self, call, m):
@@ -141,13 +115,13 @@ class _Rewriter:
         lead = dims[:-1]
         static = reduce(lambda a, d: a * int(d), (d for d in lead if isinstance(d, tirx.IntImm)), 1)
         symbolic = [d for d in lead if not isinstance(d, tirx.IntImm)]
-        mb = next(b for b in (self.km.MB, 2, 1) if static % b == 0)
+        mb = next(b for b in (int8_dense.MB, 2, 1) if static % b == 0)
         blocks = reduce(lambda a, d: a * d, symbolic, tirx.IntImm("int64", static // mb))
 
         key = (k, n, x_dtype, mb)
         if key not in self.funcs:
-            name = f"int8_matmul_k{k}_n{n}_{'u8' if x_dtype == 'uint8' else 's8'}_mb{mb}"
-            func = self.km.int8_matmul_func(k, n, x_dtype, mb).with_attr("global_symbol", name)
+            name = f"{self.kernel.name}_k{k}_n{n}_{'u8' if x_dtype == 'uint8' else 's8'}_mb{mb}"
+            func = int8_dense.int8_dense_func(self.isa, k, n, x_dtype, mb).with_attr("global_symbol", name)
             # hand scheduled (default-schedule passes skip it); MetaSchedule 0.27 would still extract it as a
             # task and fail to serialize it, so the tuning child prepares the module without this rewrite
             func = func.with_attr("tirx.is_scheduled", True)
@@ -155,9 +129,9 @@ class _Rewriter:
         gv = self.funcs[key]
         scale = (np.float32(sx.reshape(())) * np.broadcast_to(sw.astype(np.float32).reshape(-1), (n,))).astype(np.float32)
         x3 = relax.op.reshape(x_q, relax.ShapeExpr([blocks, mb, k]))
-        out = relax.call_tir(gv, [x3, relax.const(zx.reshape(1).astype(np.int32)), relax.const(self.km.pack_weight(w)),
-                                  relax.const(scale)],
-                             out_ty=relax.TensorType([blocks, mb, n], "float32"))
+        args = [x3, relax.const(zx.reshape(1).astype(np.int32)), relax.const(int8_dense.pack_weight(self.isa, w)),
+                relax.const(int8_dense.column_sums(w)), relax.const(scale)]
+        out = relax.call_tir(gv, args, out_ty=relax.TensorType([blocks, mb, n], "float32"))
         y = relax.op.reshape(out, relax.ShapeExpr([*lead, n]))
         return y, {"k": k, "n": n, "x_dtype": x_dtype, "rows_per_tile": mb, "trans_b": trans_b}
 
