@@ -47,7 +47,7 @@ from benchmarks.common.export import (cached_efficientnet_lite0, cached_minilm, 
 from benchmarks.common.measure import RESULTS, log, save  # noqa: E402
 from hwcompile.backends.base import get_backend  # noqa: E402
 from hwcompile.backends.tensorrt import fake_quant_session_options  # noqa: E402
-from hwcompile.backends.tensorrt.engine import tensorrt_status  # noqa: E402
+from hwcompile.backends.tensorrt.runtime import tensorrt_status  # noqa: E402
 from hwcompile.backends.tensorrt.reference import compare  # noqa: E402
 from hwcompile.backends.tensorrt.rules import RULES, _weight_axes, check_model, nm_violations  # noqa: E402
 from hwcompile.data import Dataset  # noqa: E402

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from hwcompile.backends.tensorrt.engine import tensorrt_status
+from hwcompile.backends.tensorrt.runtime import tensorrt_status
 from hwcompile.backends.tensorrt.reference import compare, fake_quant_reference
 from hwcompile.backends.tensorrt.rules import check_model
 from hwcompile.cli import app
@@ -115,6 +115,10 @@ def test_int8_2_4_for_ampere_checks_the_pruned_layers_only(tmp_path):
     model = onnx.load(str(out / "model.onnx"))
     sparse = set(info["sparse_layers"])
     assert sparse
+    # the stem conv (one input channel) was declined by the pruning pass: dense, said why, no error
+    assert info["dense_despite_plan"] == {"/stem/stem.0/stem.0.0/Conv":
+                                          "reduction axis 1 has length 1, not a multiple of 4"}
+    assert not sparse & set(info["dense_despite_plan"])
     assert check_model(model, sparsity="2:4", sparse_nodes=sparse) == []
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}

@@ -9,9 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hwcompile.backends.tensorrt.engine import (EngineBuildResult, build_engine, default_profiles, load_engine,
-                                                 profile_engine, summarize_layers, tensorrt_status, validate_profiles,
-                                                 write_atomic)
+from hwcompile.backends.tensorrt.build import EngineBuildResult, build_engine, parser_errors
+from hwcompile.backends.tensorrt.files import write_bytes_atomic as write_atomic
+from hwcompile.backends.tensorrt.inspector import summarize_layers
+from hwcompile.backends.tensorrt.runtime import load_engine, tensorrt_status
+from hwcompile.backends.tensorrt.shapes import default_profiles, validate_profiles
 from hwcompile.backends.tensorrt.rules import check_model, render
 from hwcompile.errors import BackendUnavailable, ConfigError
 
@@ -129,85 +131,8 @@ def test_write_atomic_replaces_and_leaves_no_temporaries(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["timing.cache"]
 
 
-# -- a real build (only where a GPU and TensorRT exist) -------------------------------------------
-def qdq_conv_model(c: int = 16) -> onnx.ModelProto:
-    """x -> Q/DQ (int8, scale 1/32) -> Conv(int8 per-channel weights, 2:4 sparse) -> Relu -> y."""
-    rng = np.random.default_rng(0)
-    w = rng.integers(-100, 100, size=(c, c, 3, 3)).astype(np.int8)
-    w[:, 1::4] = 0
-    w[:, 2::4] = 0
-    inits = [numpy_helper.from_array(np.float32(1 / 32), "s_x"), numpy_helper.from_array(np.int8(0), "zp_x"),
-             numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(c, 0.01, np.float32), "s_w"),
-             numpy_helper.from_array(np.zeros(c, np.int8), "zp_w")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["xq"], name="q_x"),
-             helper.make_node("DequantizeLinear", ["xq", "s_x", "zp_x"], ["xd"], name="dq_x"),
-             helper.make_node("DequantizeLinear", ["w_q", "s_w", "zp_w"], ["wd"], name="dq_w", axis=0),
-             helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    shape = [1, c, 16, 16]
-    g = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializer=inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_reference_model_is_valid_for_tensorrt_rules():
-    m = qdq_conv_model()
-    onnx.checker.check_model(m, full_check=True)
-    assert check_model(m, sparsity="2:4") == [], render(check_model(m, sparsity="2:4"))
-
-
-@pytest.mark.gpu
-def test_build_int8_engine_inspect_run_and_profile(tmp_path):
-    ok, reason = tensorrt_status()
-    if not ok:
-        pytest.skip(reason)
-    import onnxruntime as ort
-
-    model = qdq_conv_model()
-    onnx_path, plan, cache = tmp_path / "m.onnx", tmp_path / "m.plan", tmp_path / "timing.cache"
-    onnx.save(model, onnx_path)
-    res = build_engine(onnx_path, plan, timing_cache_path=cache, sparse_weights=True, profiles=None, workspace_mb=256)
-    assert plan.stat().st_size > 0 and cache.stat().st_size > 0
-    convs = [lay for lay in res.layers if "conv" in lay["onnx_nodes"]]
-    assert convs and convs[0]["precision"] == "int8" and convs[0]["weights"] == "int8", res.layers
-    assert res.build_seconds > 0 and res.tensorrt_version
-
-    x = np.random.default_rng(1).normal(size=(1, 16, 16, 16)).astype(np.float32)
-    (y,) = load_engine(plan)({"x": x})
-    (ref,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    # same quantized inputs and weights: only float accumulation order differs
-    np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-3)
-
-    prof = profile_engine(plan, {"x": x}, repeats=20, warmup=3)
-    assert prof["latency_ms"] > 0 and prof["with_copies_ms"] >= prof["latency_ms"] * 0.5
-    assert prof["layers_ms"] and all(v >= 0 for v in prof["layers_ms"].values())
-    assert set(prof["layers_ms"]) & set(prof["layer_nodes"])  # profiler and inspector name layers alike
-
-    rebuilt = build_engine(onnx_path, tmp_path / "m2.plan", timing_cache_path=cache, workspace_mb=256)
-    assert rebuilt.plan_path.exists()  # the saved timing cache loads back
-    assert res.summary()["int8_layers"], res.layers
-
-
-@pytest.mark.gpu
-def test_build_dynamic_batch_engine_with_default_profile(tmp_path):
-    ok, reason = tensorrt_status()
-    if not ok:
-        pytest.skip(reason)
-    model = qdq_conv_model(c=8)
-    for v in (*model.graph.input, *model.graph.output):
-        v.type.tensor_type.shape.dim[0].dim_param = "N"
-    onnx_path = tmp_path / "dyn.onnx"
-    onnx.save(model, onnx_path)
-    build_engine(onnx_path, tmp_path / "dyn.plan", max_batch=4, workspace_mb=256)
-    run = load_engine(tmp_path / "dyn.plan")
-    for n in (1, 3):
-        (y,) = run({"x": np.zeros((n, 8, 16, 16), np.float32)})
-        assert y.shape == (n, 8, 16, 16)
-
-
 def test_parser_errors_name_the_onnx_node():
     # the formatting of TensorRT's IParserError list (real objects need TensorRT; this is not a build)
-    from hwcompile.backends.tensorrt.engine import _parser_errors
 
     class Err:
         def __init__(self, name, op, idx, desc):
@@ -235,6 +160,6 @@ def test_parser_errors_name_the_onnx_node():
         def get_error(self, i):
             return self.errors[i]
 
-    lines = _parser_errors(Parser())
+    lines = parser_errors(Parser())
     assert lines[0] == "  node 'conv_7' (ConvInteger): no importer [ErrorCode.UNSUPPORTED_NODE]"
     assert lines[1].startswith("  node #3: bad graph")

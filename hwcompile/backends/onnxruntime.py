@@ -34,7 +34,7 @@ from ..ort_session import LEVELS, InMemoryRunner, session_options
 from ..targets import Target
 from .ort_layernorm import sum_for_slow_skip_layernorm
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeSettings", "session_options", "layer_map_from_model",
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeSettings", "session_options", "profile_model", "layer_map_from_model",
            "cpu_has_int8_dot"]
 
 #: the prune pass writes every pattern as zeros (or removes channels); the CPU kernels are dense
@@ -126,14 +126,8 @@ class OnnxRuntimeBackend(Backend):
     def graph_runner(self, graph: Graph, target: Target) -> InMemoryRunner:
         return InMemoryRunner(graph, self.settings(target).session())
 
-    def _session(self, artifact: Artifact, target: Target, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
-        settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())
-        so = so or session_options(settings)
-        sess = ort_guard.session(str(artifact.path("model")), so, [settings["execution_provider"]],
-                                 where=str(artifact.path("model")))
-        if sess.get_providers()[0] != settings["execution_provider"]:
-            raise DataError(f"session fell back to {sess.get_providers()[0]}", where="execution_provider")
-        return sess
+    def _session(self, artifact: Artifact, target: Target) -> ort.InferenceSession:
+        return _session(artifact.path("model"), _artifact_settings(artifact))
 
     def load(self, artifact: Artifact, target: Target) -> Runner:
         sess = self._session(artifact, target)
@@ -146,60 +140,80 @@ class OnnxRuntimeBackend(Backend):
 
     def profile(self, artifact: Artifact, target: Target, feeds: Feeds, *, repeats: int = 50,
                 warmup: int = 10, per_layer: bool = True) -> Profile:
-        sess = self._session(artifact, target)
-        names = [i.name for i in sess.get_inputs()]
-        feed = {k: feeds[k] for k in names}
-        so = sess.get_session_options()
-        threads = so.intra_op_num_threads or (os.cpu_count() or 1)
-        with ort_guard.deadline(str(artifact.path("model"))) as ro:
-            timing = time_runs(lambda: sess.run(None, feed, ro), repeats=repeats, warmup=warmup, threads=threads)
-        prof = Profile(timing=timing, info={"timer": "perf_counter around InferenceSession.run",
-                                            "per_layer_timer": "onnxruntime profiler"})
-        if per_layer:
-            layers, unmapped, kernels = self._per_layer(artifact, target, feed, runs=max(5, repeats // 5))
-            prof.layers_ms, prof.unmapped_ms = layers, unmapped
-            prof.info["kernels"] = kernels
-        return prof
+        return profile_model(artifact.path("model"), _artifact_settings(artifact), feeds, repeats=repeats,
+                             warmup=warmup, per_layer=per_layer)
 
-    def _per_layer(self, artifact: Artifact, target: Target, feed: Feeds, runs: int):
-        settings = artifact.info.get("session") or json.loads(artifact.path("session").read_text())
-        with tempfile.TemporaryDirectory(prefix="hwc-prof-") as tmp:
-            so = session_options(settings)
-            so.enable_profiling = True
-            so.profile_file_prefix = os.path.join(tmp, "ort")
-            so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-            where = str(artifact.path("model"))
-            sess = ort_guard.session(str(artifact.path("model")), so, [settings["execution_provider"]], where=where)
-            with ort_guard.deadline(where) as ro:
-                sess.run(None, feed, ro)  # warm-up (its events are dropped below)
-                for _ in range(runs):
-                    sess.run(None, feed, ro)
-            with ort_guard.failures(where):
-                trace = json.loads(Path(sess.end_profiling()).read_text())
-            optimized = onnx.load(os.path.join(tmp, "optimized.onnx"), load_external_data=False)
-        original = onnx.load(str(artifact.path("model")), load_external_data=False)
-        mapping = layer_map_from_model(original, optimized)
-        per_kernel: dict[str, list[float]] = defaultdict(list)
-        ops: dict[str, str] = {}
-        for ev in trace:
-            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
-                continue
-            node = ev["name"][: -len("_kernel_time")]
-            per_kernel[node].append(ev["dur"] / 1e3)
-            ops[node] = ev.get("args", {}).get("op_name", "")
-        layers: dict[str, float] = defaultdict(float)
-        unmapped: dict[str, float] = {}
-        kernels = []
-        for node, durs in per_kernel.items():
-            durs = durs[1:] if len(durs) > runs else durs  # drop the warm-up run
-            ms = float(np.median(durs))  # robust to a preempted run
-            lid = mapping.get(node)
-            kernels.append({"kernel": node, "op": ops[node], "layer": lid, "ms": ms})
-            if lid is None:
-                unmapped[node] = ms
-            else:
-                layers[lid] += ms
-        return dict(layers), unmapped, sorted(kernels, key=lambda k: -k["ms"])
+
+def _artifact_settings(artifact: Artifact) -> dict:
+    return artifact.info.get("session") or json.loads(artifact.path("session").read_text())
+
+
+def _session(model: Path, settings: dict, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    sess = ort_guard.session(str(model), so or session_options(settings), [settings["execution_provider"]],
+                             where=str(model))
+    if sess.get_providers()[0] != settings["execution_provider"]:
+        raise DataError(f"session fell back to {sess.get_providers()[0]}", where="execution_provider")
+    return sess
+
+
+def profile_model(model: Path, settings: dict, feeds: Feeds, *, repeats: int = 50, warmup: int = 10,
+                  per_layer: bool = True) -> Profile:
+    """Time whole runs of ``model`` in the session ``settings`` describe, then (``per_layer``) run
+    onnxruntime's profiler and map its kernel events to layer ids (module docstring)."""
+    sess = _session(model, settings)
+    names = [i.name for i in sess.get_inputs()]
+    feed = {k: feeds[k] for k in names}
+    so = sess.get_session_options()
+    threads = so.intra_op_num_threads or (os.cpu_count() or 1)
+    with ort_guard.deadline(str(model)) as ro:
+        timing = time_runs(lambda: sess.run(None, feed, ro), repeats=repeats, warmup=warmup, threads=threads)
+    prof = Profile(timing=timing, info={"timer": "perf_counter around InferenceSession.run",
+                                        "per_layer_timer": "onnxruntime profiler"})
+    if per_layer:
+        layers, unmapped, kernels = _per_layer(model, settings, feed, runs=max(5, repeats // 5))
+        prof.layers_ms, prof.unmapped_ms = layers, unmapped
+        prof.info["kernels"] = kernels
+    return prof
+
+
+def _per_layer(model: Path, settings: dict, feed: Feeds, runs: int):
+    with tempfile.TemporaryDirectory(prefix="hwc-prof-") as tmp:
+        so = session_options(settings)
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "ort")
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        where = str(model)
+        sess = ort_guard.session(str(model), so, [settings["execution_provider"]], where=where)
+        with ort_guard.deadline(where) as ro:
+            sess.run(None, feed, ro)  # warm-up (its events are dropped below)
+            for _ in range(runs):
+                sess.run(None, feed, ro)
+        with ort_guard.failures(where):
+            trace = json.loads(Path(sess.end_profiling()).read_text())
+        optimized = onnx.load(os.path.join(tmp, "optimized.onnx"), load_external_data=False)
+    original = onnx.load(str(model), load_external_data=False)
+    mapping = layer_map_from_model(original, optimized)
+    per_kernel: dict[str, list[float]] = defaultdict(list)
+    ops: dict[str, str] = {}
+    for ev in trace:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        node = ev["name"][: -len("_kernel_time")]
+        per_kernel[node].append(ev["dur"] / 1e3)
+        ops[node] = ev.get("args", {}).get("op_name", "")
+    layers: dict[str, float] = defaultdict(float)
+    unmapped: dict[str, float] = {}
+    kernels = []
+    for node, durs in per_kernel.items():
+        durs = durs[1:] if len(durs) > runs else durs  # drop the warm-up run
+        ms = float(np.median(durs))  # robust to a preempted run
+        lid = mapping.get(node)
+        kernels.append({"kernel": node, "op": ops[node], "layer": lid, "ms": ms})
+        if lid is None:
+            unmapped[node] = ms
+        else:
+            layers[lid] += ms
+    return dict(layers), unmapped, sorted(kernels, key=lambda k: -k["ms"])
 
 
 _FUSED_TAILS = ("Cast", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add",

@@ -3,82 +3,101 @@
 Lowering always writes ``model.onnx``, the TensorRT-ready ONNX: symmetric INT8 Q/DQ (zero points
 0), activation scales per tensor, weight scales per output channel, weights as
 ``initializer -> DequantizeLinear -> op``, float biases, no QLinear*/Integer/contrib ops, 2:4
-sparse weights where the plan prunes. The rules in ``rules.py`` are checked on that file before
-anything else; a violation is a compiler bug and stops the build naming node and rule. Golden
-inputs and outputs (onnxruntime on the CPU) are saved beside it for comparison on the device.
-Where TensorRT and a GPU exist the engine is built (``model.plan``) with a persisted timing
-cache; elsewhere the build says exactly why not, and running or profiling falls back to
-onnxruntime on the CPU, labelled as such in the profile. The CPU fallback runs with every graph
-optimization off, so the model runs exactly as written: Q/DQ stay float fake-quantization (the
-arithmetic TensorRT's INT8 kernels implement) instead of onnxruntime's x86 s8*s8 kernels, which
-saturate on CPUs without VNNI, and the float biases stay float. (Even onnxruntime's *basic* level
-rewrites a float bias after DQ -> Conv into int32 with scale s_x * s_w; with a near-zero weight
-scale that saturates int32 and changed EfficientNet-Lite0's stem output by up to 7.0 in 1.32.)
+sparse weights where the plan prunes and the weights are 2:4. The rules in ``rules.py`` are
+checked on that file before anything else; a violation is a compiler bug and stops the build
+naming node and rule. Golden inputs and outputs (onnxruntime on the CPU) are saved beside it.
+Where TensorRT and a GPU of the target's compute capability exist the engine is built
+(``model.plan``, ``build.py``) with the persisted timing cache; elsewhere ``tensorrt.json`` says
+exactly why not, and running or profiling falls back to the model on the CPU (``cpu.py``),
+labelled as such in the profile. An engine's profile charges each engine layer's time to the
+layer ids of the ONNX nodes TensorRT fused into it (``profiler.map_layer_times``).
+
+Modules: ``settings`` (the target's typed settings), ``rules`` (the validator), ``build``
+(engine build), ``timing_cache``, ``shapes`` (optimization profiles), ``inspector`` (what
+TensorRT built), ``profiler`` (timing), ``runtime`` (TensorRT/CUDA plumbing), ``engines`` (the
+GPU service the backend calls), ``cpu`` (the CPU fallback), ``reference`` (numpy fake-quant).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
+import onnx
 
-from ...errors import PassError
-from ...ir import Graph, save, to_proto
+from ...errors import BackendUnavailable, PassError
+from ...ir import WEIGHTED_OPS, Graph, is_constant, save, to_proto
 from ...atomic import write_text_atomic
-from ...contract import Artifact, Backend, Capabilities, Feeds, PrecisionPlan, Profile, QDQStyle, Runner, Timing
-from ...contract import parse_sparsity
+from ...contract import (Artifact, Backend, Capabilities, Feeds, PrecisionPlan, Profile, QDQStyle, Runner, Timing,
+                         parse_sparsity)
+from ...ort_session import InMemoryRunner
 from ...targets import Target
-from .engine import build_engine, load_engine, profile_engine, tensorrt_status
-from .rules import check_model, render
+from .cpu import FAKE_QUANT_SESSION, cpu_profile, cpu_runner, fake_quant_session_options, write_golden
+from .engines import EngineService, TensorRTEngines
+from .inspector import engine_summary, node_layers
+from .profiler import map_layer_times
+from .rules import check_model, render, weights_not_2_4
+from .settings import TensorRTSettings
 
-__all__ = ["TensorRTBackend", "fake_quant_session_options"]
+__all__ = ["TensorRTBackend", "TensorRTSettings", "fake_quant_session_options"]
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
+    def __init__(self, engines: EngineService | None = None):
+        self.engines: EngineService = engines or TensorRTEngines()
+
+    Settings = TensorRTSettings
+
     def capabilities(self, target: Target) -> Capabilities:
-        ok, why = tensorrt_status()
+        settings = self.settings(target)
+        ok, why = self.engines.status()
         reasons = {} if ok else {"build": why, "run": f"onnxruntime CPU emulation: {why}",
                                  "profile": f"onnxruntime CPU emulation: {why}"}
         qdq = QDQStyle(activation_dtype="int8", weight_dtype="int8", symmetric_activations=True, quantize_bias=False,
                        int8_embeddings=False, allow_dynamic=False, allow_contrib_ops=False)
-        sparse = ("2:4",) if target.settings.get("sparse_weights", True) is True else ()
         return Capabilities(backend=self.name, precisions=("fp32", "fp16", "int8", "int4w"),
-                            sparsity=("2:4", "unstructured", "channels"), sparse_kernels=sparse, qdq=qdq,
+                            sparsity=("2:4", "unstructured", "channels"),
+                            sparse_kernels=("2:4",) if settings.sparse_weights else (), qdq=qdq,
                             can_build=ok, reasons=reasons)
 
     def check_deployment(self, model, *, sparsity: str | None = None) -> list:
         return check_model(model, sparsity=sparsity)
 
+    def graph_runner(self, graph: Graph, target: Target) -> InMemoryRunner:
+        """The graph in memory with the CPU fallback's numerics: Q/DQ as float fake-quantization."""
+        return InMemoryRunner(graph, FAKE_QUANT_SESSION)
+
     def versions(self) -> dict[str, str]:
-        ok, msg = tensorrt_status()
+        ok, msg = self.engines.status()
         return {"tensorrt": msg if ok else "unavailable"}
 
     def lower(self, graph: Graph, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.settings(target)  # before anything is written
         proto = to_proto(graph)
-        sparse_nodes = _sparse_layers(graph, plan)
-        sparse = bool(sparse_nodes)
-        violations = check_model(proto, sparsity="2:4" if sparse else None, sparse_nodes=sparse_nodes)
+        sparse, dense = _sparse_layers(proto, graph, plan)
+        violations = check_model(proto, sparsity="2:4" if sparse else None, sparse_nodes=sparse)
         if violations:
             raise PassError("the TensorRT-ready ONNX breaks TensorRT's explicit-quantization rules:\n"
                             + render(violations), where="tensorrt lower")
+        out_dir.mkdir(parents=True, exist_ok=True)
         save(proto, out_dir / "model.onnx")
         files = {"model": "model.onnx", "golden": "golden.npz"}
-        _write_golden(proto, out_dir / "golden.npz")
-        info: dict = {"tensorrt_ready_onnx": True, "rules_checked": True, "sparse_layers": sorted(sparse_nodes)}
-        ok, why = tensorrt_status()
+        write_golden(proto, out_dir / "golden.npz")
+        node_layer = node_layers(proto, _layer_ids(graph))
+        info: dict = {"tensorrt_ready_onnx": True, "rules_checked": True, "sparse_layers": sorted(sparse),
+                      "dense_despite_plan": dense, "node_layers": node_layer}
+        ok, why = self.engines.status()
         if ok:
-            s = target.settings
-            result = build_engine(out_dir / "model.onnx", out_dir / "model.plan",
-                                  timing_cache_path=_cache_path(s.get("timing_cache")),
-                                  sparse_weights=bool(s.get("sparse_weights", True)) and sparse,
-                                  profiles=s.get("profiles"), max_batch=int(s.get("max_batch", 1)),
-                                  workspace_mb=int(s.get("workspace_mb", 2048)))
-            files["engine"] = "model.plan"
-            info.update(engine_built=True, engine_summary=result.summary(), engine=result.to_dict())
-        else:
+            try:
+                result = self.engines.build(out_dir / "model.onnx", out_dir / "model.plan", settings, bool(sparse))
+            except BackendUnavailable as e:  # e.g. a GPU outside the target's compute capabilities
+                ok, why = False, e.render()
+            else:
+                files["engine"] = "model.plan"
+                info.update(engine_built=True, engine_summary=engine_summary(result.layers, node_layer),
+                            engine=result.to_dict())
+        if not ok:
             info.update(engine_built=False, engine_reason=why)
         write_text_atomic(out_dir / "tensorrt.json", json.dumps(info, indent=2, default=str) + "\n")
         files["info"] = "tensorrt.json"
@@ -86,96 +105,50 @@ class TensorRTBackend(Backend):
 
     def load(self, artifact: Artifact, target: Target) -> Runner:
         if "engine" in artifact.files:
-            return load_engine(artifact.path("engine"))
-        return _cpu_runner(artifact.path("model"))
+            return self.engines.load(artifact.path("engine"))
+        return cpu_runner(artifact.path("model"))
 
     def profile(self, artifact: Artifact, target: Target, feeds: Feeds, *, repeats: int = 50, warmup: int = 10,
                 per_layer: bool = True) -> Profile:
-        if "engine" in artifact.files:
-            res = profile_engine(artifact.path("engine"), feeds, repeats, warmup=warmup)
-            timing = Timing(latency_ms=res["latency_ms"], latency_ms_spread=res.get("latency_ms_spread", 0.0),
-                            p10_ms=res.get("p10_ms", 0.0), p90_ms=res.get("p90_ms", 0.0), repeats=repeats,
-                            warmup=warmup, threads=1)
-            layers: dict[str, float] = {}
-            unmapped: dict[str, float] = {}
-            for layer, ms in res.get("layers_ms", {}).items():
-                nodes = res.get("layer_nodes", {}).get(layer) or []
-                if nodes:
-                    for n in nodes:  # a fused TensorRT layer is charged to its ONNX nodes evenly
-                        layers[n] = layers.get(n, 0.0) + ms / len(nodes)
-                else:
-                    unmapped[layer] = ms
-            return Profile(timing=timing, layers_ms=layers, unmapped_ms=unmapped, info={"device": "gpu"})
-        from ..onnxruntime import OnnxRuntimeBackend
-
-        ort_art = Artifact(directory=artifact.directory, backend="onnxruntime", target=target.name,
-                           files={"model": artifact.files["model"]},
-                           info={"session": {"execution_provider": "CPUExecutionProvider",
-                                             "graph_optimization_level": "disable", "intra_op_num_threads": 0}})
-        prof = OnnxRuntimeBackend().profile(ort_art, target, feeds, repeats=repeats, warmup=warmup, per_layer=per_layer)
-        prof.info["device"] = ("cpu-emulation: no TensorRT engine was built ("
-                               + artifact.info.get("engine_reason", "unknown") + "); these are onnxruntime CPU times")
-        return prof
+        if "engine" not in artifact.files:
+            return cpu_profile(artifact.path("model"), feeds, repeats=repeats, warmup=warmup, per_layer=per_layer,
+                               why=artifact.info.get("engine_reason", "unknown"))
+        res = self.engines.profile(artifact.path("engine"), feeds, repeats, warmup, per_layer)
+        timing = Timing(latency_ms=res["latency_ms"], latency_ms_spread=res.get("latency_ms_spread", 0.0),
+                        p10_ms=res.get("p10_ms", 0.0), p90_ms=res.get("p90_ms", 0.0), repeats=repeats,
+                        warmup=warmup, threads=1)
+        layers, unmapped = map_layer_times(res.get("layers_ms", {}), res.get("layer_nodes", {}),
+                                           artifact.info.get("node_layers", {}))
+        return Profile(timing=timing, layers_ms=layers, unmapped_ms=unmapped,
+                       info={"device": "gpu", "timer": res.get("timer", ""),
+                             "with_copies_ms": res.get("with_copies_ms"), "engine_layers_ms": res.get("layers_ms", {})})
 
 
-def _sparse_layers(graph: Graph, plan: PrecisionPlan) -> set[str]:
-    """Layers the pruning pass made N:M sparse (``meta['prune']['layers']``; declined ones are not there)."""
-    pruned = (graph.meta.get("prune") or {}).get("layers") or {}
-    return {name for name in pruned if parse_sparsity(plan.choice(name).sparsity)[0] == "nm"}
+def _sparse_layers(proto: onnx.ModelProto, graph: Graph, plan: PrecisionPlan) -> tuple[set[str], dict[str, str]]:
+    """(layers the plan makes 2:4 whose weights are 2:4, {layer: why dense} for the other N:M layers).
+
+    Read from the weights themselves: a layer the pruning pass declined keeps dense weights, and
+    TensorRT's SPARSE_WEIGHTS uses dense kernels there, so it is no error, only reported.
+    """
+    wanted, dense = set(), {}
+    for name in _layer_ids(graph):
+        kind, nm = parse_sparsity(plan.choice(name).sparsity)
+        if kind == "nm" and nm == (2, 4):
+            wanted.add(name)
+        elif kind == "nm":
+            dense[name] = f"{nm[0]}:{nm[1]} is not a TensorRT sparsity pattern (2:4 only)"
+    dense.update(weights_not_2_4(proto, wanted))
+    return wanted - set(dense), dense
 
 
-def _cache_path(name: str | None) -> Path | None:
-    if not name:
-        return None
-    from ...cache import kind_dir
-
-    base = kind_dir("tensorrt")
-    base.mkdir(parents=True, exist_ok=True)
-    return base / name
-
-
-def fake_quant_session_options():
-    from ..onnxruntime import session_options
-
-    return session_options({"graph_optimization_level": "disable"})  # the model exactly as written
-
-
-def _cpu_runner(model_path: Path) -> Runner:
-    import onnxruntime as ort
-
-    so = fake_quant_session_options()
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return lambda feeds: sess.run(None, {k: feeds[k] for k in names})
-
-
-def _write_golden(proto, path: Path) -> None:
-    """Seeded inputs and onnxruntime-CPU outputs, to compare an engine against on the device."""
-    import os
-    import tempfile
-
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(proto.SerializeToString(), fake_quant_session_options(),
-                                providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-             "tensor(float16)": np.float16}
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        dt = types.get(i.type, np.float32)
-        feeds[i.name] = (rng.standard_normal(shape) if np.issubdtype(dt, np.floating)
-                         else rng.integers(0, 2, shape)).astype(dt)
-    outs = sess.run(None, feeds)
-    arrays = {f"input:{k}": v for k, v in feeds.items()}
-    arrays.update({f"output:{o.name}": v for o, v in zip(sess.get_outputs(), outs)})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _layer_ids(graph: Graph) -> list[str]:
+    """Layer ids in the lowered graph: Conv/Gemm/MatMul nodes whose weight is a constant or a DQ of one."""
+    out = []
+    for n in graph.main:
+        if n.op_type not in WEIGHTED_OPS or n.domain != "" or len(n.inputs) < 2:
+            continue
+        w = n.inputs[1]
+        p = w.producer() if w is not None else None
+        if is_constant(w) or (p is not None and p.op_type == "DequantizeLinear" and is_constant(p.inputs[0])):
+            out.append(n.name)
+    return out

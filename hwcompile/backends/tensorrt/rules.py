@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-__all__ = ["Violation", "RULES", "check_model", "render", "nm_violations"]
+__all__ = ["Violation", "RULES", "check_model", "render", "nm_violations", "weights_not_2_4"]
 
 RULES: dict[str, str] = {
     "no-qlinear": "no QLinear*, *Integer, DynamicQuantizeLinear or com.microsoft ops: TensorRT reads Q/DQ only",
@@ -370,16 +370,54 @@ def _sparsity_2_4(idx: _Index) -> Found:
             continue
         if idx.sparse_nodes is not None and idx.name(op) not in idx.sparse_nodes:
             continue
+        why = _not_2_4(idx, op)
+        if why:
+            yield op, why
+
+
+def _not_2_4(idx: _Index, op: onnx.NodeProto) -> str | None:
+    """Why the weight of ``op`` is not 2:4 along its reduction axis, or None (also for no constant weight)."""
+    w = _input(op, 1)
+    dq = idx.dq_feeding(w) if w else None
+    arr = idx.array(dq.input[0] if dq is not None else w) if w else None
+    if arr is None or arr.ndim < 2:
+        return None  # activation x activation (e.g. attention): no weight to prune
+    _, red = _weight_axes(op, arr.ndim)
+    bad, total, first = nm_violations(arr, red, n=2, m=4)
+    if not bad:
+        return None
+    return (f"weight '{dq.input[0] if dq is not None else w}' {list(arr.shape)} breaks 2:4 along axis {red}: "
+            f"{bad} of {total} groups of 4 have more than 2 nonzeros (first at index {first})")
+
+
+def weights_not_2_4(model: onnx.ModelProto, nodes: Collection[str]) -> dict[str, str]:
+    """{node: why not} for those of ``nodes`` whose constant weight is not 2:4 along the reduction axis.
+
+    Unlike the ``sparsity-2-4`` rule (which pads a trailing partial group), a reduction axis whose
+    length is not a multiple of 4 counts as not 2:4 here: such a layer has no 2:4 kernel."""
+    idx = _Index(model)
+    wanted = set(nodes)
+    out = {}
+    for op in idx.nodes:
+        if idx.name(op) not in wanted:
+            continue
+        if op.op_type not in ("Conv", "Gemm", "MatMul"):
+            out[idx.name(op)] = f"{op.op_type} has no 2:4 kernels"
+            continue
         w = _input(op, 1)
         dq = idx.dq_feeding(w) if w else None
         arr = idx.array(dq.input[0] if dq is not None else w) if w else None
         if arr is None or arr.ndim < 2:
-            continue  # activation x activation (e.g. attention): no weight to prune
-        _, red = _weight_axes(op, arr.ndim)
-        bad, total, first = nm_violations(arr, red, n=2, m=4)
-        if bad:
-            yield op, (f"weight '{dq.input[0] if dq is not None else w}' {list(arr.shape)} breaks 2:4 along axis {red}: "
-                       f"{bad} of {total} groups of 4 have more than 2 nonzeros (first at index {first})")
+            out[idx.name(op)] = "no constant weight"
+            continue
+        red = _weight_axes(op, arr.ndim)[1]
+        if arr.shape[red] % 4:
+            out[idx.name(op)] = f"reduction axis {red} has length {arr.shape[red]}, not a multiple of 4"
+            continue
+        why = _not_2_4(idx, op)
+        if why:
+            out[idx.name(op)] = why
+    return out
 
 
 def nm_violations(w: np.ndarray, axis: int, *, n: int = 2, m: int = 4) -> tuple[int, int, tuple[int, ...]]:
