@@ -82,6 +82,19 @@ def test_engine_summary_counts_int8_and_sparse_layers(tmp_path):
     assert summ["int8_layers"] == ["x_q + conv + relu"] and summ["sparse_layers"] == ["x_q + conv + relu"]
 
 
+def test_summarize_layers_reads_the_tensorrt_11_schema():
+    info = json.dumps({"Layers": [
+        {"Name": "conv", "LayerType": "CaskConvolution", "TacticName": "sm90_xmma_fprop_sparse_conv_i8i8",
+         "Inputs": [{"Name": "x_q", "DataType": "Int8", "Format": "Thirty-two wide channel vectorized row major"}],
+         "Outputs": [{"Name": "y", "DataType": "Half", "Format": "Row major linear"}],
+         "Weights": {"Type": "Int8", "Count": 9}, "Metadata": "[ONNX Layer: conv]"},
+        {"Name": "head", "LayerType": "gemm", "Inputs": [{"DataType": "Half"}], "Metadata": "[ONNX Layer: fc]"}],
+        "I/O Tensors": [{"Name": "x", "IOMode": "Input", "DataType": "Float"}]})
+    s = summarize_layers(info)
+    assert [(r["name"], r["precision"], r["weights"], r["sparse"], r["onnx_nodes"]) for r in s] == [
+        ("conv", "int8", "int8", True, ["conv"]), ("head", "fp16", "", False, ["fc"])]
+
+
 def test_summarize_layers_names_only_engine():
     s = summarize_layers(json.dumps({"Layers": ["a", "b"], "Bindings": []}))
     assert [(r["name"], r["precision"], r["sparse"]) for r in s] == [("a", "unknown", False), ("b", "unknown", False)]
@@ -163,3 +176,14 @@ def test_parser_errors_name_the_onnx_node():
     lines = parser_errors(Parser())
     assert lines[0] == "  node 'conv_7' (ConvInteger): no importer [ErrorCode.UNSUPPORTED_NODE]"
     assert lines[1].startswith("  node #3: bad graph")
+
+
+def test_network_flags_strongly_typed_on_10_only():
+    from types import SimpleNamespace
+
+    from hwcompile.backends.tensorrt.build import _network_flags
+
+    flags = SimpleNamespace(STRONGLY_TYPED=5)
+    assert _network_flags(SimpleNamespace(__version__="10.16.1.11", NetworkDefinitionCreationFlag=flags)) == 1 << 5
+    assert _network_flags(SimpleNamespace(__version__="11.4.0.106", NetworkDefinitionCreationFlag=flags)) == 0
+    assert _network_flags(SimpleNamespace(__version__="10.0.1", NetworkDefinitionCreationFlag=SimpleNamespace())) == 0

@@ -38,6 +38,7 @@ TRT_VERSION=11.4.0.106          # TensorRT 11.4 (PyPI, 2026-12): tensorrt-cu12 a
 POLYGRAPHY_VERSION=0.53.6
 START=$(date +%s)
 WORK=${WORK:-$(mktemp -d /tmp/hwc-gpu-XXXX)}
+mkdir -p "$WORK"
 LOG=$WORK/install.log
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 : > "$LOG"

@@ -156,17 +156,25 @@ def gpu_tests_step(work: Path) -> dict:
 
 
 def planner_step(target: str, work: Path) -> dict:
+    """``--precision mixed`` on the default model: uniform builds profiled per layer on the engines."""
     from hwcompile.pipeline import compile_model
 
     os.environ["HWCOMPILE_CACHE"] = str(work / "planner-cache")
-    res = compile_model(None, target, work / "planner", CompileOptions(precision="mixed", repeats=30, warmup=5))
+    compile_model(None, target, work / "planner", CompileOptions(precision="mixed", repeats=30, warmup=5))
     rep = json.loads((work / "planner" / "report.json").read_text())
-    search = rep.get("search") or {}
-    return {"target": target, "result": str(res)[:200],
+    choices: dict[str, int] = {}
+    for lay in rep.get("layers", {}).values():
+        if "choice" in lay:
+            choices[lay["choice"]] = choices.get(lay["choice"], 0) + 1
+    return {"target": target, "engine_built": rep.get("artifact", {}).get("engine_built"),
+            "engine_reason": rep.get("artifact", {}).get("engine_reason"),
             "uniform": [{k: u.get(k) for k in ("name", "latency_ms", "ratio_to_fp32", "metrics")}
-                        for u in search.get("uniform", [])],
-            "plan_summary": search.get("search", {}).get("chosen"), "profile_device":
-                rep.get("profile", {}).get("info", {}).get("device"), "report_keys": sorted(rep)}
+                        for u in rep.get("uniform", [])],
+            "feedback": [{k: f.get(k) for k in ("plan_summary", "predicted_latency_ms", "measured_latency_ms")}
+                         for f in rep.get("feedback", [])],
+            "chosen": choices, "compiled": {k: rep.get("compiled", {}).get(k) for k in ("latency_ms", "metrics")},
+            "per_layer_ms": {lid: lay["latency_ms"] for lid, lay in rep.get("layers", {}).items()
+                             if "latency_ms" in lay}}
 
 
 def compile_step(spec: ModelSpec, target: str, config: str, out: Path, acc_batch: int) -> tuple[dict, Artifact]:

@@ -57,8 +57,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
         raise ModelLoadError("ONNX file not found", where=str(onnx_path))
     log = logger(trt)
     b = builder(trt, log)
-    strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = b.create_network(0 if strong is None else 1 << int(strong))
+    network = b.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         raise UnsupportedError("TensorRT's ONNX parser rejected the model:\n" + "\n".join(parser_errors(parser)),
@@ -93,6 +92,14 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     return EngineBuildResult(plan_path=plan_path, layers=summarize_layers(info), build_seconds=seconds,
                              tensorrt_version=trt.__version__, timing_cache=cache_state)
+
+
+def _network_flags(trt) -> int:
+    """STRONGLY_TYPED on 10.x; 0 on 11.x, where every network is strongly typed and the flag is deprecated."""
+    strong = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    if strong is None or int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    return 1 << int(strong)
 
 
 def parser_errors(parser) -> list[str]:

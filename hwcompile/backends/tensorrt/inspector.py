@@ -36,7 +36,8 @@ def summarize_layers(info_json: str) -> list[dict[str, Any]]:
     ``precision`` is the data type of the layer's first input (its compute type; the first output
     if it has no inputs), ``weights`` the type of its constant weights, ``sparse`` whether TensorRT
     chose a structured-sparse kernel (the tactic name says "sparse"), ``onnx_nodes`` the ONNX nodes
-    fused into it. Engines built without DETAILED verbosity list names only.
+    fused into it. Engines built without DETAILED verbosity list names only. Reads the 10.x schema
+    (``Format/Datatype`` per tensor) and the 11.x one (``DataType`` and ``Format`` apart).
     """
     data = json.loads(info_json)
     out = []
@@ -51,13 +52,18 @@ def summarize_layers(info_json: str) -> list[dict[str, Any]]:
         out.append({
             "name": str(layer.get("Name", "")),
             "type": str(layer.get("LayerType", "")),
-            "precision": _dtype(str(tensors[0].get("Format/Datatype", ""))),
+            "precision": _dtype(_tensor_type(tensors[0])),
             "weights": _dtype(str(weights.get("Type", ""))) if isinstance(weights, dict) else "",
             "sparse": "sparse" in tactic.lower(),
             "tactic": tactic,
             "onnx_nodes": _ONNX_LAYER.findall(str(layer.get("Metadata", ""))),
         })
     return out
+
+
+def _tensor_type(tensor: Mapping[str, Any]) -> str:
+    """A layer tensor's data type: ``DataType`` (TensorRT 11) or the combined ``Format/Datatype`` (10.x)."""
+    return str(tensor.get("DataType") or tensor.get("Format/Datatype") or tensor.get("Format/DataType") or "")
 
 
 def engine_summary(layers: Iterable[Mapping[str, Any]], node_layer: Mapping[str, str] | None = None) -> dict[str, Any]:
