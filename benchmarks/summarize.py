@@ -163,6 +163,65 @@ def tensorrt(lines: list[str]) -> None:
     lines.append("")
 
 
+def tensorrt_gpu(lines: list[str]) -> None:
+    """benchmarks/gpu/run.sh: the GPU run if one exists, else its CPU-side dry run."""
+    d, kind = _load("tensorrt_gpu"), "GPU run"
+    if d is None:
+        d, kind = _load("tensorrt_gpu_dry_run"), "dry run on the CPU (no GPU)"
+    lines.append("## TensorRT engines on a GPU (issue 16)\n")
+    if d is None:
+        lines.append("not run\n")
+        return
+    env = d["steps"].get("env", {})
+    m = d.get("machine", {})
+    lines.append(f"{kind}, {d.get('started', '')}: {m.get('cpu', '?')}, {m.get('cores', '?')} cores; GPU: "
+                 f"{env.get('nvidia_smi', '?')}; TensorRT: {env.get('tensorrt', {}).get('status', '?')}; load "
+                 f"{_f((d.get('load_before') or [None])[0], '.1f')} -> {_f((d.get('load_after') or [None])[0], '.1f')}.\n")
+    rows = []
+    for name, st in d["steps"].items():
+        parts = name.split("/")
+        if len(parts) != 4 or parts[3] != "compile":
+            continue
+        eng = d["steps"].get("/".join(parts[:3] + ["engine"]), {})
+        ref = (st.get("cpu_reference") or {})
+        metric = next((k for k in ref if k not in ("runner", "seconds")), None)
+        build = eng.get("build_seconds", {})
+        rows.append([parts[0], parts[1], parts[2], st["status"], str(st.get("rules_pass", "-")),
+                     _f(ref.get(metric), ".4f") if metric else "-",
+                     eng.get("status", "-") if eng.get("status") != "skipped" else "skipped",
+                     _f(eng.get(metric), ".4f") if metric and metric in eng else "-",
+                     f"{_f(build.get('cold'), '.1f')} / {_f(build.get('warm'), '.1f')}" if build else "-",
+                     f"{_f(eng.get('latency_ms'), '.3f')} ± {_f(eng.get('latency_ms_spread'), '.3f')}"
+                     if "latency_ms" in eng else "-", str(eng.get("sparse_kernels_chosen", "-"))])
+    lines += _table(["model", "target", "config", "compile", "rules pass", "CPU reference", "engine", "GPU accuracy",
+                     "build s cold / warm", "latency ms (IQR)", "2:4 kernels"], rows)
+    lines.append("")
+    for key in sorted({n.split("/")[0] for n in d["steps"] if n.endswith("/latency")}):
+        fp = d["steps"].get(f"{key}/fp32_reference", {})
+        lines.append(f"- {key} FP32 on the CPU: " + ", ".join(f"{k} {_f(v, '.4f')}" for k, v in fp.items()
+                                                          if isinstance(v, float) and k != "seconds"))
+        pe, pg = d["steps"].get(f"{key}/peer_export", {}), d["steps"].get(f"{key}/peer_engine", {})
+        rules = (pe.get("int8") or {}).get("tensorrt_rules")
+        lines.append(f"- {key} peer (onnxruntime quantize_static Q/DQ, Polygraphy): export {pe.get('status', '-')}"
+                     f" (TensorRT rules on the INT8 export: {rules}); engines {pg.get('status', '-')}"
+                     + "".join(f"; {k} " + ", ".join(f"{m} {_f(x, '.4f')}" for m, x in v.items()
+                                                     if m in ("top1", "spearman"))
+                               for k, v in pg.items() if isinstance(v, dict)))
+        lat = d["steps"][f"{key}/latency"]
+        if lat.get("status") == "ok":
+            for pair, r in lat.get("ratios", {}).items():
+                lines.append(f"- {key} {pair}: {_f(r['latency_ratio_median'])} (95 % interval "
+                             f"{_f(r['ci95'][0])}-{_f(r['ci95'][1])}, {r['rounds']} rounds)")
+        else:
+            lines.append(f"- {key} latency: {lat.get('status')} ({lat.get('reason', lat.get('error', ''))})")
+    tests = d["steps"].get("gpu_tests", {})
+    lines.append(f"- pytest -m gpu: {tests.get('counts', tests.get('status', 'not run'))}")
+    skipped = sorted({st.get("reason", "") for st in d["steps"].values() if st.get("status") == "skipped"})
+    if skipped:
+        lines.append("- skipped steps said: " + "; ".join(skipped))
+    lines.append("")
+
+
 def tvm(lines: list[str]) -> None:
     lines.append("## TVM backend, host CPU\n")
     for name in ("tvm", "tvm_int8_kernel"):
@@ -180,7 +239,7 @@ def main() -> None:
              "every number below was produced by the benchmark named in its section on the machine noted. The "
              "machine is a shared 2-core VM: absolute milliseconds drift between runs, ratios measured side by side "
              "in one process are what to read.\n"]
-    for section in (fp32_equivalence, efficientnet_int8, minilm, mixed, pruning, tensorrt, tvm):
+    for section in (fp32_equivalence, efficientnet_int8, minilm, mixed, pruning, tensorrt, tensorrt_gpu, tvm):
         section(lines)
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT)
