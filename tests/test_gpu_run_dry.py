@@ -12,7 +12,7 @@ from benchmarks.gpu.run_gpu import gpu_targets, main  # noqa: E402
 
 
 def test_dry_run_records_cpu_steps_and_skips_engine_steps(tmp_path, monkeypatch):
-    monkeypatch.setenv("HWCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
     out = main(["--dry-run", "--models", "default", "--configs", "fp16,int8", "--targets", "nvidia-ampere",
                 "--skip", "gpu_tests", "--out", str(tmp_path / "run.json"), "--work", str(tmp_path / "w")])
     data = json.loads(out.read_text())

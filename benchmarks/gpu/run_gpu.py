@@ -159,7 +159,7 @@ def planner_step(target: str, work: Path) -> dict:
     """``--precision mixed`` on the default model: uniform builds profiled per layer on the engines."""
     from hwcompile.pipeline import compile_model
 
-    os.environ["HWCOMPILE_CACHE"] = str(work / "planner-cache")
+    os.environ["HWCOMPILE_CACHE_DIR"] = str(work / "planner-cache")
     compile_model(None, target, work / "planner", CompileOptions(precision="mixed", repeats=30, warmup=5))
     rep = json.loads((work / "planner" / "report.json").read_text())
     choices: dict[str, int] = {}
