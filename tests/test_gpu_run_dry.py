@@ -39,3 +39,26 @@ def test_engine_targets_follow_the_gpu_compute_capability():
     assert gpu_targets("8.6") == ["nvidia-ampere"]
     assert gpu_targets("7.5") == []
     assert gpu_targets(None) == ["nvidia-ampere", "nvidia-hopper"]
+
+
+def test_on_a_hopper_gpu_ampere_is_compiled_last_and_its_engines_refused(tmp_path, monkeypatch):
+    """With TensorRT reported present on a 9.0 GPU: nvidia-hopper gets the engine steps (which fail here,
+    recorded, the run going on), nvidia-ampere only the compile steps, its engines skipped naming 9.0."""
+    import benchmarks.gpu.run_gpu as rg
+
+    monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(rg, "env_step", lambda: {"tensorrt": {"available": True, "status": "pretend"},
+                                                 "compute_capability": "9.0"})
+    out = main(["--models", "default", "--configs", "int8", "--skip", "gpu_tests,planner,peer",
+                "--out", str(tmp_path / "run.json"), "--work", str(tmp_path / "w")])
+    data = json.loads(out.read_text())
+    steps = data["steps"]
+    assert data["targets"] == ["nvidia-hopper"]
+    names = list(steps)
+    assert names.index("default/nvidia-hopper/int8/engine") < names.index("default/nvidia-ampere/int8/compile")
+    assert steps["default/nvidia-hopper/int8/compile"]["status"] == "ok"
+    assert steps["default/nvidia-hopper/int8/engine"]["status"] == "failed"      # no TensorRT really
+    assert steps["default/nvidia-ampere/int8/compile"]["status"] == "ok"
+    amp = steps["default/nvidia-ampere/int8/engine"]
+    assert amp["status"] == "skipped" and "9.0" in amp["reason"] and "compute_capabilities" in amp["reason"]
+    assert steps["default/latency"]["status"] == "skipped" and steps["default/latency"]["reason"] == "no engine was built"

@@ -17,6 +17,8 @@ timeout keeps what finished (the JSON is rewritten after every step):
    ``peer`` (onnxruntime quantize_static INT8 and FP16 exports, built by Polygraphy, accuracy);
    ``latency``: every engine of the model timed in interleaved rounds (CUDA events), per-round ratios
    INT8/FP16, INT8+2:4/INT8 and hwcompile/peer with a bootstrap interval.
+5. last, as time allows: the compile steps for the NVIDIA targets this GPU is not (their engine
+   steps skipped: an engine is built only on a GPU its target's ``compute_capabilities`` list).
 
 A step whose estimated cost no longer fits ``--budget-s`` is skipped, saying so.
 """
@@ -350,6 +352,15 @@ def main(argv: list[str] | None = None) -> Path:
     for key in filter(None, args.models.split(",")):
         if run.step(f"{key}/prepare", lambda: {"spec": _spec_info(key, args)})["status"] == "ok":
             model_steps(run, _SPECS[key], targets, args, work, no_engines, skip)
+    others = [t for t in NVIDIA_TARGETS if t not in targets and (not args.targets or t in args.targets.split(","))]
+    for target in others:  # last, as time allows: the TensorRT-ready ONNX for targets this GPU is not
+        why = TensorRTSettings.from_target(load_target(target)).check_gpu(cap) if cap else no_engines
+        for key, spec in _SPECS.items():
+            for config in filter(None, args.configs.split(",")):
+                name = f"{key}/{target}/{config}"
+                out = work / name.replace("/", "_").replace(":", "_")
+                run.step(f"{name}/compile", lambda: compile_step(spec, target, config, out, 8)[0], cost_s=30)
+                run.step(f"{name}/engine", lambda: {}, needs_engines=True, why_no_engines=why or "not buildable")
     run.data["load_after"] = os.getloadavg()
     run.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run.save()
