@@ -34,13 +34,13 @@ def test_cache_root_env_rules(monkeypatch, tmp_path):
 
 
 def test_the_backends_use_the_one_root(monkeypatch, tmp_path):
-    from hwcompile.backends.tensorrt import _cache_path
+    from hwcompile.backends.tensorrt.settings import TensorRTSettings
     from hwcompile.backends.tvm.build import tuning_dir
     from hwcompile.targets import load_target
 
     monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path))
     assert tuning_dir(load_target("x86-tvm"), {"tvm": "x"}).parent == tmp_path / "tvm"
-    assert _cache_path("timing.cache") == tmp_path / "tensorrt" / "timing.cache"
+    assert TensorRTSettings().timing_cache_path() == tmp_path / "tensorrt" / "timing.cache"
 
 
 def test_content_key_is_canonical():
