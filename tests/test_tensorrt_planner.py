@@ -9,6 +9,7 @@ search, independent of this machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -127,8 +128,7 @@ def test_mixed_search_plans_from_the_engine_profile(tmp_path, monkeypatch):
     plan all priced by the engine's per-layer profile; conv_b (fragile under INT8) is never INT8."""
     monkeypatch.setenv("HWCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
     graph = from_proto(fragile_model())
-    base = PrecisionPlan.uniform("fp32")
-    base.target = TARGET.name
+    base = dataclasses.replace(PrecisionPlan.uniform("fp32"), target=TARGET.name)
     options = CompileOptions(precision="mixed", repeats=1, warmup=0)
     plan, info = plan_mixed(graph, base, TARGET, TensorRTBackend(FakeEngines()), _calib(), None, options, None,
                             None, tmp_path, lambda s: None,
