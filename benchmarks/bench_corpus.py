@@ -17,6 +17,7 @@ model on a 2-core host).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_mixed import paired_ratio  # noqa: E402
-from benchmarks.common.measure import log, machine, save, session  # noqa: E402
+from benchmarks.common.measure import log, save, session  # noqa: E402
 from benchmarks.corpus.data import make  # noqa: E402
 from benchmarks.corpus.fetch import model_path  # noqa: E402
 from benchmarks.corpus.models import MODELS  # noqa: E402
@@ -199,20 +200,23 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=96, help="evaluation samples (sentences for MiniLM)")
     ap.add_argument("--out", default="corpus")
     args = ap.parse_args()
-    load_before = os.getloadavg()
-    results = []
-    t0 = time.perf_counter()
-    for spec in MODELS:
+    from benchmarks.common.measure import RESULTS
+
+    old = RESULTS / f"{args.out}.json"
+    results = {m["model"]: m for m in (json.loads(old.read_text())["models"] if old.is_file() else [])}
+    for spec in MODELS:  # one model at a time, merged into the results file (rerun a model alone to refresh it)
         if args.only and spec.name not in args.only:
             continue
+        load_before, t0 = os.getloadavg(), time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"hwc-corpus-{spec.name}-") as tmp:
-            results.append(bench_model(spec, args.rounds, args.runs, args.eval, Path(tmp)))
-        save(args.out, {"partial": True, "models": results, "load_before": load_before})
-    path = save(args.out, {"models": results, "rounds": args.rounds, "runs_per_round": args.runs,
-                           "load_before": load_before, "load_after": os.getloadavg(),
-                           "seconds": round(time.perf_counter() - t0), "machine_detail": machine(),
-                           "not_run": "mixed (search too slow for the whole corpus on this shared 2-core host)"})
-    log(f"wrote {path}")
+            row = bench_model(spec, args.rounds, args.runs, args.eval, Path(tmp))
+        row.update(rounds=args.rounds, runs_per_round=args.runs, load_before=load_before,
+                   load_after=os.getloadavg(), seconds=round(time.perf_counter() - t0), date=time.strftime("%F %T"))
+        results[spec.name] = row
+        order = [m.name for m in MODELS]
+        path = save(args.out, {"models": sorted(results.values(), key=lambda m: order.index(m["model"])),
+                               "not_run": "mixed (its search takes minutes per model on this shared 2-core host)"})
+        log(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ def compile(
     for row in summary_rows(rep):
         table.add_row(*(escape(str(c)) for c in row))
     console.print(table)
+    if rep.get("slower_than_fp32"):
+        console.print(f"[red]warning:[/] {escape(rep['slower_than_fp32'])}")
     for note in rep.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(escape(f"wrote {result.out_dir}/ ({', '.join(sorted(rep['artifact']['files'].values()))}, plan.json, "

@@ -221,7 +221,6 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
             measured = measure(backend, base_art, target, graph, sample, eval_set, None, **timing)
             baseline, reference = measured.to_dict(), measured.outputs
             base_profile = measured.profile
-            shutil.rmtree(base_dir)
         if options.precision == "mixed":
             from .search.driver import SearchOptions, plan_mixed
 
@@ -237,6 +236,11 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
             options, timing, progress)
         compiled, profile = measured.to_dict(), measured.profile
         compiled["input_shapes"] = {k: list(np.shape(v)) for k, v in sample.items()}  # what was measured
+        paired = None
+        if baseline:
+            progress("paired timing against fp32")
+            paired = _paired(backend, base_art, artifact, target, sample)
+            shutil.rmtree(base_dir)
         progress("report")
         report = assemble_report(model_path, input_hash, target, backend, graph, compiled_graph, plan, baseline, compiled,
                          profile, pass_log, artifact, search_info, time.perf_counter() - t_start)
@@ -250,6 +254,13 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         if baseline:
             report["baseline_layers_ms"] = dict(base_profile.layers_ms) if base_profile else {}
         report["measurements"] = dict(table.counts)
+        if paired is not None:
+            from .paired import slower_note
+
+            report["speedup_paired"] = paired
+            note = slower_note(paired, report["precision"])
+            if note:
+                report["slower_than_fp32"] = note
         if options.gates.any:
             from .gates import check
 
@@ -268,6 +279,16 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
         stage.discard()
         raise
     return CompileResult(out_dir=out_dir, report=report, plan=plan)
+
+
+def _paired(backend, base_art, artifact, target, sample) -> dict:
+    """``paired.paired_speedup`` of the compiled artifact against the FP32 one (live runners, not the
+    output cache)."""
+    from .paired import paired_speedup
+
+    inner = getattr(backend, "inner", backend)
+    run_b, run_c = inner.load(base_art, target), inner.load(artifact, target)
+    return paired_speedup(lambda: run_b(sample), lambda: run_c(sample))
 
 
 def _recovery(graph: Graph, options: CompileOptions, calib: Dataset | None):

@@ -54,6 +54,10 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     rows = [("latency (median ms)", _g(b.get("latency_ms")), _g(c.get("latency_ms"))),
             ("latency spread (IQR ms)", _g(b.get("latency_ms_spread")), _g(c.get("latency_ms_spread"))),
             ("size (bytes)", _i(b.get("size_bytes")), _i(c.get("size_bytes")))]
+    p = report.get("speedup_paired")
+    if p:
+        rows.append(("speed-up vs fp32 (paired rounds)", "1", f"{p['speedup_median']:.2f}x "
+                     f"[{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] {p['resolved']}"))
     for k in sorted(set(b.get("metrics", {})) | set(c.get("metrics", {}))):
         rows.append((k, _g(b.get("metrics", {}).get(k)), _g(c.get("metrics", {}).get(k))))
     return rows

@@ -18,7 +18,8 @@ __all__ = ["FORMAT", "split", "merge", "read_report", "read_output_json"]
 
 FORMAT = "hwcompile.timings/1"
 _RUN_KEYS = ("latency_ms", "latency_ms_spread", "timing")
-_TOP_KEYS = ("speedup", "unmapped_kernels_ms", "kernels", "seconds", "measurements", "baseline_layers_ms", "gates")
+_TOP_KEYS = ("speedup", "speedup_paired", "slower_than_fp32", "unmapped_kernels_ms", "kernels", "seconds",
+             "measurements", "baseline_layers_ms", "gates")
 
 
 def split(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
