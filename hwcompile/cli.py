@@ -252,9 +252,13 @@ def debug(
     calib_method: str = typer.Option("minmax", help="minmax | percentile | entropy | mse"),
     samples: int = typer.Option(32, help="Calibration samples used to score each layer."),
     top: int = typer.Option(10),
+    verify: bool = typer.Option(True, help="Measure the whole build; rank by leave-one-out builds where the "
+                                           "additive prediction misses it."),
+    loo_limit: int = typer.Option(48, help="Most layers to rebuild one at a time in leave-one-out ranking."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Which layer breaks accuracy at PRECISION? Each layer quantized alone, ranked by output damage."""
+    """Which layer breaks accuracy at PRECISION? Each layer quantized alone, ranked by output damage,
+    checked against the measured whole build."""
     from .analysis.sensitivity import debug_report, layer_sensitivity
     from .backends.base import open_target
     from .contract import QuantSettings
@@ -273,17 +277,29 @@ def debug(
         opened = open_target(target)
         with _progress(not as_json) as step:
             graph, _, cal, _ = prepare(m, CompileOptions(calib=c), step)
-            table = layer_sensitivity(graph, opened.target, opened.backend, cal, candidates=[precision], samples=samples,
-                                      progress=step, quant=QuantSettings(calib_method=calib_method))
-        return debug_report(table, candidate=precision, top=top)
+            quant = QuantSettings(calib_method=calib_method)
+            t, backend, cache = opened.target, opened.backend, {}
+            table = layer_sensitivity(graph, t, backend, cal, candidates=[precision], samples=samples,
+                                      progress=step, quant=quant, cache=cache)
+            verified = None
+            if verify and table.ranked(precision):
+                from .analysis.verify import verify_ranking
+
+                verified = verify_ranking(graph, t, backend, cal, table, precision, samples=samples, quant=quant,
+                                          max_layers=loo_limit, progress=step, cache=cache)
+        return debug_report(table, candidate=precision, top=top, verified=verified)
 
     rep = _guard(run)
     if as_json:
         _print_json(rep)
         return
-    t = Table("rank", "layer", "op", "output SNR (dB)", "share of noise", title=f"layers ranked by {precision} damage")
+    by_loo = bool(rep.get("verified") and rep["verified"].get("ranking_by") == "leave-one-out")
+    t = Table("rank", "layer", "op", "output SNR alone (dB)",
+              "build SNR with it fp32 (dB)" if by_loo else "share of noise",
+              title=f"layers ranked by {precision} damage" + (" (measured, leave-one-out)" if by_loo else ""))
     for i, row in enumerate(rep["ranking"], 1):
-        t.add_row(str(i), escape(row["layer"]), row["op"], f"{row['snr_db']:.1f}", f"{100 * row['share_of_noise']:.0f}%")
+        last = f"{row['loo_snr_db']:.1f}" if by_loo else f"{100 * row['share_of_noise']:.0f}%"
+        t.add_row(str(i), escape(row["layer"]), row["op"], f"{row['snr_db']:.1f}", last)
     console.print(t)
     console.print(rep["advice"], highlight=False, markup=False)
 

@@ -154,8 +154,12 @@ def _kl(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
 
 
-def debug_report(table: SensitivityTable, candidate: str = "int8", top: int = 10) -> dict:
-    """Which layers break ``candidate`` accuracy: the ranking, the culprit and what to try."""
+def debug_report(table: SensitivityTable, candidate: str = "int8", top: int = 10, verified: dict | None = None) -> dict:
+    """Which layers break ``candidate`` accuracy: the ranking, the culprit and what to try.
+    ``verified`` (``analysis.verify.verify_ranking``): the measured whole build; where it disagrees
+    with the additive prediction the ranking is the leave-one-out measurement's."""
+    if verified and verified.get("ranking_by") == "leave-one-out" and verified.get("leave_one_out"):
+        return _measured_report(table, candidate, top, verified)
     ranked = table.ranked(candidate)
     if not ranked:
         return {"candidate": candidate, "samples": table.samples, "ranking": [], "culprit": None,
@@ -173,8 +177,27 @@ def debug_report(table: SensitivityTable, candidate: str = "int8", top: int = 10
               f"({100 * ranking[0]['share_of_noise']:.0f}% of the predicted {candidate} noise); keeping it in "
               f"fp32 would raise the predicted SNR to {_db(rest):.1f} dB. Try a plan file with it in fp32, "
               f"--precision mixed, or a different calibration method (percentile/entropy/mse).")
+    if verified:
+        advice += (f" Measured: the whole {candidate} build gives {verified['measured_snr_db']:.1f} dB "
+                   f"(predicted {_db(total):.1f} dB, within {verified['tolerance_db']:.0f} dB).")
     return {"candidate": candidate, "samples": table.samples, "ranking": ranking, "culprit": worst.layer,
-            "predicted_snr_db_all": _db(total), "advice": advice}
+            "predicted_snr_db_all": _db(total), "advice": advice, "verified": verified}
+
+
+def _measured_report(table: SensitivityTable, candidate: str, top: int, verified: dict) -> dict:
+    rows = [r for r in verified["leave_one_out"] if r["snr_db"] is not None]
+    single = {r.layer: r for r in table.ranked(candidate)}
+    ranking = [{"layer": r["layer"], "op": r["op"], "candidate": candidate, "snr_db": single[r["layer"]].snr_db,
+                "loo_snr_db": r["snr_db"], "gain_db": r["gain_db"],
+                "share_of_noise": max(0.0, 1.0 - 10 ** (-r["gain_db"] / 10.0))} for r in rows[:top]]
+    best = rows[0]
+    advice = (f"the additive prediction ({verified['predicted_snr_db']:.1f} dB) and the measured {candidate} build "
+              f"({verified['measured_snr_db']:.1f} dB) disagree by more than {verified['tolerance_db']:.0f} dB: the "
+              f"layers' errors do not add, so the layers are ranked by measurement (each left in fp32 in the whole "
+              f"build). Keeping '{best['layer']}' ({best['op']}) in fp32 gives {best['snr_db']:.1f} dB "
+              f"({best['gain_db']:+.1f} dB); try a plan file with it in fp32, or --precision mixed.")
+    return {"candidate": candidate, "samples": table.samples, "ranking": ranking, "culprit": best["layer"],
+            "predicted_snr_db_all": verified["predicted_snr_db"], "advice": advice, "verified": verified}
 
 
 def _db(noise: float) -> float:
