@@ -188,7 +188,14 @@ def bench_model(spec, rounds: int, runs: int, n_eval: int, work: Path) -> dict:
         peer = PEERS.get(name)
         if peer in lat:
             rows[name]["vs_peer"] = {"peer": peer, **paired_ratio(xs, lat[peer])}
-    return {"model": spec.name, "package": spec.package, "family": spec.family, "task": spec.task,
+    kernels = None
+    if spec.metric == "spearman":  # the per-op kernel time of the dynamic-INT8 builds (onnxruntime's profiler)
+        from benchmarks.common.measure import kernel_time_by_op
+
+        names = [k for k in ("fp32", "int8dyn", "ort quantize_dynamic", "int8", "ort quantize_static") if k in builds]
+        kernels = kernel_time_by_op({k: builds[k] for k in names}, {k: v[:1] for k, v in evald.items()},
+                                    rounds=4, runs=5, threads=0)
+    return {"model": spec.name, "package": spec.package, "family": spec.family, "task": spec.task, "kernels": kernels,
             "eval_samples": n, "labels": labels is not None or pairs is not None, "builds": rows}
 
 

@@ -187,3 +187,31 @@ def test_float_guard_keeps_mask_sentinel_and_non_finite_tensors_from_the_int8_re
     kept = float_tensors(g, stats, ["sm", "ss", "q", "k"])
     assert set(kept) == {"sm", "q", "k"}
     assert "mask" in kept["sm"] and "inf/NaN" in kept["q"] and "sentinel" in kept["k"]
+
+
+def if_identity_model() -> onnx.ModelProto:
+    """y = If(c, then: Identity(h), else: Neg(h)) with h = Relu(x), as silero-vad's sample-rate branch
+    returns an outer value through an Identity."""
+    then_g = helper.make_graph([helper.make_node("Identity", ["h"], ["t"], name="then_identity")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["h"], ["e"], name="else_neg")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 4])])
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Identity", ["h"], ["h2"], name="main_identity"),
+             helper.make_node("If", ["c"], ["y0"], name="branch", then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["y0", "h2"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "if_identity", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.array(True), "c")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cleanup_keeps_identities_inside_if_branches(tmp_path):
+    """Was: 'pass eliminate_identity: ValueError: Value ... is already an output of a different graph'."""
+    m = if_identity_model()
+    g = _graph(tmp_path, m)
+    g.lint()
+    ops = [n.op_type for n in g.main]
+    assert "Identity" not in ops  # the main graph's one is bypassed
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(hir.to_proto(g), {"x": x})[0], _run(m, {"x": x})[0])

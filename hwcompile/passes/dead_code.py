@@ -1,15 +1,17 @@
 """Dead-code and Identity removal. Preserves graph outputs (names and values) exactly.
 
 A node none of whose outputs reaches a graph output is removed; so are initializers nothing
-reads. An Identity is bypassed by pointing its consumers at its input, unless its output is a
-graph output whose name must be kept (then it stays). Both delegate to onnx_ir's passes.
+reads (onnx_ir's pass). An Identity of the main graph is bypassed by pointing its consumers
+(subgraph readers included) at its input, unless its output is a graph output whose name must be
+kept (then it stays); Identities inside If/Loop bodies are left alone (onnx_ir's identity pass
+failed on an If branch whose output an Identity produces: silero-vad).
 """
 from __future__ import annotations
 
-from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from ..ir import Graph
-from .base import PassResult, structure
+from .base import PassResult
 
 __all__ = ["eliminate_dead_code", "eliminate_identity"]
 
@@ -24,10 +26,17 @@ def eliminate_dead_code(graph: Graph) -> PassResult:
 
 
 def eliminate_identity(graph: Graph) -> PassResult:
-    before, shape = sum(1 for n in graph.main if n.op_type == "Identity"), structure(graph)
-    IdentityEliminationPass()(graph.model)
-    after = sum(1 for n in graph.main if n.op_type == "Identity")
-    return PassResult(graph, structure(graph) != shape, {"identities_removed": before - after})
+    removed = 0
+    for node in list(graph.main):
+        if node.op_type != "Identity" or not node.inputs or node.inputs[0] is None:
+            continue
+        out = node.outputs[0]
+        if out.is_graph_output():
+            continue
+        graph.replace_all_uses(out, node.inputs[0])
+        graph.erase(node)
+        removed += 1
+    return PassResult(graph, removed > 0, {"identities_removed": removed})
 
 
 eliminate_dead_code.name, eliminate_dead_code.in_place = "eliminate_dead_code", True
