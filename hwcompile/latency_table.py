@@ -107,6 +107,12 @@ class LatencyTable:
         what = {"backend": backend.name, "artifact": artifact_digest(artifact),
                 "feeds": array_digest({k: np.asarray(v) for k, v in feeds.items()}),
                 "repeats": int(repeats), "warmup": int(warmup), "per_layer": bool(per_layer)}
+        return profile_from_dict(self.measured(what, lambda: profile_to_dict(
+            backend.profile(artifact, target, feeds, repeats=repeats, warmup=warmup, per_layer=per_layer))))
+
+    def measured(self, what: dict, measure) -> dict:
+        """The n-th record of entry ``what`` (pinned, cached, else ``measure()``, a JSON-able dict, stored):
+        the replay rule of ``profile`` for any measurement (e.g. a paired timing of two artifacts)."""
         key = content_key(what)
         slot = self.used.setdefault(key, {"what": what, "profiles": []})
         n = len(slot["profiles"])
@@ -120,12 +126,11 @@ class LatencyTable:
                 if n < len(profiles):
                     rec, source = profiles[n], "cached"
         if rec is None:
-            rec = profile_to_dict(backend.profile(artifact, target, feeds, repeats=repeats, warmup=warmup,
-                                                  per_layer=per_layer))
+            rec = measure()
             self._remember(key, n, rec)
         self.counts[source] += 1
         slot["profiles"].append(rec)
-        return profile_from_dict(rec)
+        return rec
 
     def _store_key(self, key: str) -> str:
         return content_key(self.fingerprint, key)

@@ -283,12 +283,23 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
 
 def _paired(backend, base_art, artifact, target, sample) -> dict:
     """``paired.paired_speedup`` of the compiled artifact against the FP32 one (live runners, not the
-    output cache)."""
+    output cache), through the latency table like every other timing (replayed where it replays)."""
+    from .cache import array_digest
+    from .latency_table import artifact_digest
     from .paired import paired_speedup
 
     inner = getattr(backend, "inner", backend)
-    run_b, run_c = inner.load(base_art, target), inner.load(artifact, target)
-    return paired_speedup(lambda: run_b(sample), lambda: run_c(sample))
+
+    def measure() -> dict:
+        run_b, run_c = inner.load(base_art, target), inner.load(artifact, target)
+        return paired_speedup(lambda: run_b(sample), lambda: run_c(sample))
+
+    table = getattr(backend, "table", None)
+    if table is None:
+        return measure()
+    what = {"backend": inner.name, "paired": [artifact_digest(base_art), artifact_digest(artifact)],
+            "feeds": array_digest({k: np.asarray(v) for k, v in sample.items()})}
+    return table.measured(what, measure)
 
 
 def _recovery(graph: Graph, options: CompileOptions, calib: Dataset | None):

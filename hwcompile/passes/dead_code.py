@@ -11,7 +11,7 @@ from __future__ import annotations
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from ..ir import Graph
-from .base import PassResult
+from .base import PassResult, structure
 
 __all__ = ["eliminate_dead_code", "eliminate_identity"]
 
