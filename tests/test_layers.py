@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("contract", ("contract", "plan", "targets", "versions")),
     # recover (training) sits with the passes: gradient pruning criteria and prune -> recover cycles use it
     ("numerics", ("quant", "prune", "passes", "analysis", "transform", "recover")),
-    ("measure", ("measure", "latency_table", "build_cache")),
+    ("measure", ("measure", "latency_table", "build_cache", "paired")),
     ("search", ("search",)),
     ("backends", ("backends",)),
     ("pipeline", ("pipeline", "profiling", "report", "config", "gates")),

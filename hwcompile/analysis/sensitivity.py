@@ -175,13 +175,13 @@ def debug_report(table: SensitivityTable, candidate: str = "int8", top: int = 10
     rest = total - worst.damage
     advice = (f"layer '{worst.layer}' ({worst.op}) alone brings the output SNR to {worst.snr_db:.1f} dB "
               f"({100 * ranking[0]['share_of_noise']:.0f}% of the predicted {candidate} noise); keeping it in "
-              f"fp32 would raise the predicted SNR to {_db(rest):.1f} dB. Try a plan file with it in fp32, "
+              f"fp32 would raise the predicted SNR to {noise_to_db(rest):.1f} dB. Try a plan file with it in fp32, "
               f"--precision mixed, or a different calibration method (percentile/entropy/mse).")
     if verified:
         advice += (f" Measured: the whole {candidate} build gives {verified['measured_snr_db']:.1f} dB "
-                   f"(predicted {_db(total):.1f} dB, within {verified['tolerance_db']:.0f} dB).")
+                   f"(predicted {noise_to_db(total):.1f} dB, within {verified['tolerance_db']:.0f} dB).")
     return {"candidate": candidate, "samples": table.samples, "ranking": ranking, "culprit": worst.layer,
-            "predicted_snr_db_all": _db(total), "advice": advice, "verified": verified}
+            "predicted_snr_db_all": noise_to_db(total), "advice": advice, "verified": verified}
 
 
 def _measured_report(table: SensitivityTable, candidate: str, top: int, verified: dict) -> dict:
@@ -200,5 +200,5 @@ def _measured_report(table: SensitivityTable, candidate: str, top: int, verified
             "predicted_snr_db_all": verified["predicted_snr_db"], "advice": advice, "verified": verified}
 
 
-def _db(noise: float) -> float:
+def noise_to_db(noise: float) -> float:
     return 200.0 if noise <= 1e-20 else float(min(200.0, -10.0 * np.log10(noise)))

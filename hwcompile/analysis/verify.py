@@ -24,7 +24,7 @@ from ..metrics import error_power, output_weights, snr_from_power
 from ..passes.candidates import target_candidates
 from ..passes.plan import apply_plan
 from ..targets import Target
-from .sensitivity import SensitivityTable, _db
+from .sensitivity import SensitivityTable, noise_to_db
 
 __all__ = ["verify_ranking"]
 
@@ -52,7 +52,7 @@ def verify_ranking(graph: Graph, target: Target, backend: Backend, calib: Datase
 
     progress(f"verify: whole model at {candidate}")
     measured = measure(full)
-    predicted = _db(sum(r.damage for r in ranked)) if ranked else None
+    predicted = noise_to_db(sum(r.damage for r in ranked)) if ranked else None
     agrees = predicted is not None and abs(predicted - measured) <= tolerance_db
     out = {"candidate": cand.name, "measured_snr_db": measured, "predicted_snr_db": predicted,
            "tolerance_db": tolerance_db, "agrees": agrees, "ranking_by": "additive", "leave_one_out": []}
